@@ -1,0 +1,29 @@
+"""Loading the optional native extension `glam_fast._C` without ever failing an import."""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> tuple[ModuleType | None, str]:
+    """Return (the extension module or None, why it is missing: '' when loaded)."""
+    try:
+        from glam_fast import _C
+    except ImportError as err:
+        return None, f"native extension not built or not importable ({err})"
+    return _C, ""
+
+
+def build_info() -> dict:
+    """What the native extension was compiled with.
+
+    Keys: ``built`` (bool), ``reason`` (why not built), and when built: ``version``,
+    ``cxx_compiler``, ``build_type``, ``cuda`` (bool: CUDA sources compiled), ``nvcc_version``,
+    ``cuda_archs``, ``cuda_runtime_version``.
+    """
+    module, reason = load()
+    if module is None:
+        return {"built": False, "reason": reason, "cuda": False}
+    return {"built": True, "reason": "", **module.build_info()}

@@ -1,0 +1,166 @@
+"""The one place that decides which backend runs an op: ``torch``, ``triton`` or ``cuda``.
+
+A user asks for a backend with the environment variable ``GLAM_FAST_BACKEND`` (read when first
+needed) or, scoped and thread-safe, with ``with glam_fast.backend("triton"): ...``. ``auto`` (the
+default) picks, per op and per device, the fastest implementation that is available. Asking
+explicitly for a backend that cannot run an op on a device is an error that says why: a fused
+path never silently falls back to PyTorch.
+
+Fused implementations register themselves with :func:`register`; the plain-PyTorch reference
+(``torch``) implements every op and lives in the models themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+ENV_VAR = "GLAM_FAST_BACKEND"
+
+_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("glam_fast_backend", default=None)
+_implementations: dict[tuple[str, str], Callable] = {}
+
+# Order in which `auto` tries backends on a CUDA device (later issues may replace this with a
+# measured per-op table). On the CPU, `auto` always means the PyTorch reference.
+_AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run this op on this device; the message says why."""
+
+
+def _validate(name: str, source: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+def requested_backend() -> str:
+    """The backend the caller asked for: the innermost ``backend()`` block, else the env var."""
+    name = _requested.get()
+    if name is not None:
+        return name
+    return _validate(os.environ.get(ENV_VAR, "auto") or "auto", ENV_VAR)
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[str]:
+    """Run the enclosed code with backend ``name`` (auto | torch | triton | cuda).
+
+    Checks happen when an op runs (availability depends on the tensor's device), so entering
+    ``backend("triton")`` on a machine without Triton is fine until a model is called.
+    """
+    token = _requested.set(_validate(name, "backend"))
+    try:
+        yield _requested.get()
+    finally:
+        _requested.reset(token)
+
+
+def register(op: str, backend_name: str) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` implements ``op`` for ``backend_name`` ('triton' or 'cuda')."""
+    if backend_name not in ("triton", "cuda"):
+        raise ValueError(f"only fused backends register implementations, got {backend_name!r}")
+
+    def decorator(fn: Callable) -> Callable:
+        _implementations[(op, backend_name)] = fn
+        return fn
+
+    return decorator
+
+
+def implementation(op: str, backend_name: str) -> Callable:
+    """The registered implementation of ``op`` for a fused backend (KeyError if none)."""
+    return _implementations[(op, backend_name)]
+
+
+def _triton_missing(device: torch.device) -> str:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return f"triton is not installed ({err})"
+    if device.type == "cuda":
+        return ""
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return ""
+        return "triton runs CPU tensors only under its interpreter (set TRITON_INTERPRET=1)"
+    return f"triton does not support {device.type} tensors"
+
+
+def _cuda_missing(device: torch.device) -> str:
+    from glam_fast import _extension
+
+    info = _extension.build_info()
+    if not info["built"]:
+        return info["reason"]
+    if not info["cuda"]:
+        return "the native extension was built without nvcc (no CUDA kernels compiled)"
+    if device.type != "cuda":
+        return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+    return ""
+
+
+def unavailable_reason(backend_name: str, device: torch.device | str) -> str:
+    """Why ``backend_name`` cannot run on ``device`` at all ('' when it can)."""
+    device = torch.device(device)
+    if backend_name == "torch":
+        return ""
+    if backend_name == "triton":
+        return _triton_missing(device)
+    if backend_name == "cuda":
+        return _cuda_missing(device)
+    raise ValueError(f"unknown backend {backend_name!r}; expected one of {', '.join(BACKENDS[1:])}")
+
+
+def _missing_for_op(op: str, backend_name: str, device: torch.device) -> str:
+    if backend_name == "torch":
+        return ""
+    reason = unavailable_reason(backend_name, device)
+    if reason:
+        return reason
+    if (op, backend_name) not in _implementations:
+        return f"there is no {backend_name} implementation of '{op}'"
+    return ""
+
+
+def resolve(op: str, device: torch.device | str) -> str:
+    """The concrete backend that runs ``op`` on ``device`` under the current request.
+
+    Raises :class:`BackendUnavailableError` when a backend was asked for explicitly and cannot
+    run this op there.
+    """
+    device = torch.device(device)
+    requested = requested_backend()
+    if requested == "auto":
+        if device.type != "cuda":
+            return "torch"
+        for candidate in _AUTO_ORDER_CUDA:
+            if not _missing_for_op(op, candidate, device):
+                return candidate
+        return "torch"
+    reason = _missing_for_op(op, requested, device)
+    if reason:
+        raise BackendUnavailableError(
+            f"backend '{requested}' cannot run '{op}' on {device}: {reason}. "
+            f"Use glam_fast.backend('torch') (or GLAM_FAST_BACKEND=torch) for the PyTorch reference."
+        )
+    return requested
+
+
+def backend_status(device: torch.device | str | None = None) -> dict[str, str]:
+    """For each concrete backend, '' if it can run on ``device`` (default: cuda if present), else why not."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {name: unavailable_reason(name, device) for name in BACKENDS[1:]}
+
+
+def registered_ops(backend_name: str) -> list[str]:
+    """Names of the ops that ``backend_name`` implements."""
+    return sorted(op for op, b in _implementations if b == backend_name)

@@ -1,0 +1,105 @@
+"""The one dispatch point: requesting backends, resolving them per op and device, clear errors."""
+
+import threading
+
+import pytest
+import torch
+
+import glam_fast
+from glam_fast import dispatch
+
+
+@pytest.fixture
+def dummy_op():
+    """A fused op registered for the test only."""
+    name = "test_dummy_op"
+    dispatch.register(name, "triton")(lambda x: x)
+    yield name
+    dispatch._implementations.pop((name, "triton"))
+
+
+def test_default_is_auto(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert dispatch.requested_backend() == "auto"
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, " Torch ")
+    assert dispatch.requested_backend() == "torch"
+    monkeypatch.setenv(dispatch.ENV_VAR, "tritn")
+    with pytest.raises(ValueError, match="GLAM_FAST_BACKEND must be one of auto, torch, triton, cuda; got 'tritn'"):
+        dispatch.requested_backend()
+
+
+def test_context_manager_nests_restores_and_beats_the_environment(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "torch")
+    with glam_fast.backend("triton"):
+        assert dispatch.requested_backend() == "triton"
+        with glam_fast.backend("cuda"):
+            assert dispatch.requested_backend() == "cuda"
+        assert dispatch.requested_backend() == "triton"
+    assert dispatch.requested_backend() == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with glam_fast.backend("fast"):
+            pass
+
+
+def test_context_is_per_thread(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    seen = []
+    with glam_fast.backend("torch"):
+        thread = threading.Thread(target=lambda: seen.append(dispatch.requested_backend()))
+        thread.start()
+        thread.join()
+        assert dispatch.requested_backend() == "torch"
+    assert seen == ["auto"]
+
+
+def test_auto_on_cpu_is_the_reference(dummy_op):
+    with glam_fast.backend("auto"):
+        assert dispatch.resolve(dummy_op, "cpu") == "torch"
+        assert dispatch.resolve("glam", "cpu") == "torch"
+
+
+def test_explicit_torch_always_resolves():
+    with glam_fast.backend("torch"):
+        assert dispatch.resolve("anything", "cpu") == "torch"
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch, dummy_op):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with glam_fast.backend("triton"), pytest.raises(dispatch.BackendUnavailableError, match="set TRITON_INTERPRET=1"):
+        dispatch.resolve(dummy_op, "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with glam_fast.backend("triton"):
+        assert dispatch.resolve(dummy_op, "cpu") == "triton"
+        assert dispatch.implementation(dummy_op, "triton")(3) == 3
+
+
+def test_missing_op_implementation_is_named(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with glam_fast.backend("triton"), pytest.raises(dispatch.BackendUnavailableError, match="no triton implementation of 'not_an_op'"):
+        dispatch.resolve("not_an_op", "cpu")
+
+
+def test_cuda_backend_on_cpu_tensors_says_why():
+    with glam_fast.backend("cuda"), pytest.raises(dispatch.BackendUnavailableError, match="cuda"):
+        dispatch.resolve("glam", "cpu")
+
+
+def test_register_rejects_the_reference_backend():
+    with pytest.raises(ValueError, match="only fused backends"):
+        dispatch.register("x", "torch")
+
+
+def test_backend_status_lists_every_concrete_backend():
+    status = dispatch.backend_status("cpu")
+    assert set(status) == {"torch", "triton", "cuda"}
+    assert status["torch"] == ""
+    assert status["cuda"]  # never runs CPU tensors
+
+
+@pytest.mark.gpu
+def test_auto_on_cuda_prefers_a_fused_backend(dummy_op):
+    with glam_fast.backend("auto"):
+        assert dispatch.resolve(dummy_op, torch.device("cuda")) == "triton"

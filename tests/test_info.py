@@ -1,0 +1,33 @@
+"""`glam_fast.info()` and the `glam-fast info` command."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import glam_fast
+
+
+def test_info_report():
+    report = glam_fast.info()
+    assert report["glam_fast"] == glam_fast.__version__
+    assert report["torch"] == torch.__version__
+    assert report["devices"][0]["device"] == "cpu"
+    assert set(report["backends"]["cpu"]) == {"torch", "triton", "cuda"}
+    assert report["backends"]["cpu"]["torch"] == ""
+    assert "built" in report["extension"]
+
+
+def test_cli_info_human_and_json():
+    out = subprocess.run([sys.executable, "-m", "glam_fast", "info"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"glam_fast {glam_fast.__version__}")
+    assert "backends on cpu:" in out and "torch: available" in out
+    report = json.loads(subprocess.run([sys.executable, "-m", "glam_fast", "info", "--json"], capture_output=True, text=True, check=True).stdout)
+    assert report["glam_fast"] == glam_fast.__version__
+
+
+def test_cli_unknown_command_fails_cleanly():
+    proc = subprocess.run([sys.executable, "-m", "glam_fast", "frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
