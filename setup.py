@@ -75,7 +75,7 @@ class CMakeBuild(build_ext):
             return super().build_extension(ext)
         try:
             self._cmake_build(ext)
-        except (OSError, subprocess.CalledProcessError) as err:
+        except (OSError, ImportError, subprocess.CalledProcessError) as err:
             if os.environ.get("GLAM_FAST_REQUIRE_EXTENSION") == "1":
                 raise
             self._failed.add(ext.name)
