@@ -77,7 +77,20 @@ def register(op: str, backend_name: str) -> Callable[[Callable], Callable]:
 
 def implementation(op: str, backend_name: str) -> Callable:
     """The registered implementation of ``op`` for a fused backend (KeyError if none)."""
+    _load_fused_ops()
     return _implementations[(op, backend_name)]
+
+
+_fused_ops_loaded = False
+
+
+def _load_fused_ops() -> None:
+    """Import glam_fast.ops once, so its modules register their implementations. Deferred to the
+    first dispatch so that `import glam_fast` needs neither Triton nor the extension."""
+    global _fused_ops_loaded
+    if not _fused_ops_loaded:
+        _fused_ops_loaded = True
+        import glam_fast.ops  # noqa: F401
 
 
 def _triton_missing(device: torch.device) -> str:
@@ -122,6 +135,7 @@ def unavailable_reason(backend_name: str, device: torch.device | str) -> str:
 def _missing_for_op(op: str, backend_name: str, device: torch.device) -> str:
     if backend_name == "torch":
         return ""
+    _load_fused_ops()
     reason = unavailable_reason(backend_name, device)
     if reason:
         return reason
@@ -163,4 +177,5 @@ def backend_status(device: torch.device | str | None = None) -> dict[str, str]:
 
 def registered_ops(backend_name: str) -> list[str]:
     """Names of the ops that ``backend_name`` implements."""
+    _load_fused_ops()
     return sorted(op for op, b in _implementations if b == backend_name)

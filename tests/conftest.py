@@ -8,6 +8,8 @@ import torch
 # Must be set before any Triton kernel is defined (glam_fast.ops imports define them).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Kernel outputs allocated through glam_fast.ops.utils.empty_output start as NaN.
+os.environ.setdefault("GLAM_FAST_POISON", "1")
 
 
 def pytest_collection_modifyitems(config, items):
