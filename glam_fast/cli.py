@@ -15,12 +15,96 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from glam_fast import train
+    from glam_fast.distributed import init_from_environment
+    from glam_fast.evaluate import load_corpus
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist = init_from_environment(device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    train_args = train.default_args(
+        args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        amp=args.amp,
+        backend=args.backend,
+        seed=args.seed,
+        protocol=args.protocol,
+        folds=args.folds,
+    )
+    recipe = train.default_recipe(args.model)
+    if args.model == "mssenet" and args.fixed_length:
+        from glam_fast.recipes import MSSENetRecipe
+
+        recipe = MSSENetRecipe.for_corpus(args.fixed_length)
+    corpus = load_corpus(args.data)
+    out = args.out or f"runs/{args.model}-{args.protocol}"
+    train.train_corpus(corpus, train_args, out, recipe, device, args.cache, dist, args.alexnet_weights, args.fold)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from glam_fast.evaluate import evaluate_checkpoint
+    from glam_fast.metrics import format_confusion
+    from glam_fast.train import plot_confusion
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.device or "cpu", args.cache)
+    for item in metrics["skipped"]:
+        print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+    print(f"{metrics['n']} utterances ({len(metrics['skipped'])} of {metrics['n_files']} files skipped)")
+    print("  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("wa", "ua", "macro_f1", "weighted_f1")))
+    print("recall: " + "  ".join(f"{c} {v['recall']:.3f}" for c, v in metrics["per_class"].items()))
+    print(format_confusion(metrics["confusion"], metrics["classes"]))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_confusion(metrics, out / "confusion.png", Path(args.checkpoint).name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glam-fast", description="Fused GPU kernels for speech emotion recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="versions, devices, and which backends are available (and why not)")
     p_info.add_argument("--json", action="store_true", help="print the report as JSON")
     p_info.set_defaults(func=_cmd_info)
+
+    p_train = sub.add_parser("train", help="train a model on a labelled corpus with its paper's recipe, fold by fold (resumable)")
+    p_train.add_argument("--model", required=True, choices=["glam", "mssenet", "afcn"])
+    p_train.add_argument("--data", required=True, help="a CSV manifest (path,label[,speaker]) or a folder of EmoDB-named wavs")
+    p_train.add_argument("--protocol", default="speaker-independent", choices=["speaker-independent", "paper", "all"])
+    p_train.add_argument("--folds", type=int, help="folds (speaker-independent: 5; paper: GLAM seeds 1, MS-SENet 10)")
+    p_train.add_argument("--fold", action="append", help="train only this fold (repeatable), e.g. fold0")
+    p_train.add_argument("--epochs", type=int, help="default: the recipe's (GLAM 50, MS-SENet 200, AFCN 40)")
+    p_train.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
+    p_train.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
+    p_train.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    p_train.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "cuda"])
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_train.add_argument("--cache", help="feature cache folder (reused across runs)")
+    p_train.add_argument("--fixed-length", choices=["emodb", "iemocap"], help="MS-SENet input length of that corpus (default emodb)")
+    p_train.add_argument("--alexnet-weights", help="AFCN: local file with ImageNet AlexNet weights (torchvision layout)")
+    p_train.add_argument("--out", help="output folder (default runs/<model>-<protocol>); rerun to resume")
+    p_train.set_defaults(func=_cmd_train)
+
+    p_eval = sub.add_parser("eval", help="WA, UA, F1 and confusion matrix of a checkpoint on a labelled corpus")
+    p_eval.add_argument("--checkpoint", required=True, help="a checkpoint folder (model.safetensors + config.json)")
+    p_eval.add_argument("--data", required=True, help="a CSV manifest or a folder of EmoDB-named wavs")
+    p_eval.add_argument("--device", help="cpu or cuda")
+    p_eval.add_argument("--cache", help="feature cache folder")
+    p_eval.add_argument("--out", help="folder for metrics.json and confusion.png")
+    p_eval.set_defaults(func=_cmd_eval)
     return parser
 
 

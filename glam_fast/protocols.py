@@ -8,6 +8,9 @@
   SPLIT (optimistic: test-set selection). MS-SENet: 10-fold shuffled KFold over utterances
   (seed 44), last epoch. AFCN has no published protocol.
 
+- ``all``: one split training on every item for a fixed number of epochs, no evaluation (the way
+  to train a final model once a protocol has measured the recipe).
+
 Splits are lists of indices into the corpus item list, deterministic for a given seed.
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-PROTOCOLS = ("speaker-independent", "paper")
+PROTOCOLS = ("speaker-independent", "paper", "all")
 
 
 @dataclass(frozen=True)
@@ -103,4 +106,6 @@ def make_splits(protocol: str, model: str, speakers: Sequence[str | None], folds
         if model == "mssenet":
             return shuffled_kfold(len(speakers), folds or 10, seed=44)
         raise ValueError(f"{model} has no published evaluation protocol; use --protocol speaker-independent")
+    if protocol == "all":
+        return [Split("all", list(range(len(speakers))), [], [], select_on="last")]
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")

@@ -417,8 +417,6 @@ def train_fold(
         selected_epoch = best["epoch"]
     else:
         selected_epoch = args.epochs
-    test_units = units_for(split.test)
-    predicted = utterance_logits(model, test_units, amp=args.amp).argmax(1)
     result = {
         "fold": split.name,
         "selected_epoch": selected_epoch,
@@ -428,13 +426,18 @@ def train_fold(
         "n_train": len(split.train),
         "n_validation": len(split.validation),
         "n_test": len(split.test),
-        "test": classification_metrics(_utterance_labels(test_units).tolist(), predicted.tolist(), classes),
+        "test": None,
         "history": history,
     }
+    if split.test:
+        test_units = units_for(split.test)
+        predicted = utterance_logits(model, test_units, amp=args.amp).argmax(1)
+        result["test"] = classification_metrics(_utterance_labels(test_units).tolist(), predicted.tolist(), classes)
     if dist.is_main:
         model_cpu = model.to("cpu").eval()
         ckpt.save_checkpoint(folder / "checkpoint", model_cpu, classes, training=args.to_dict(), fold=split.name, **extra_config)
-        _plot_confusion(result["test"], folder / "confusion.png", f"{args.model} {split.name}")
+        if result["test"] is not None:
+            plot_confusion(result["test"], folder / "confusion.png", f"{args.model} {split.name}")
         tmp = folder / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp, metrics_path)
@@ -448,7 +451,7 @@ def _utterance_labels(units: Units) -> torch.Tensor:
     return labels
 
 
-def _plot_confusion(metrics: dict, path: Path, title: str) -> bool:
+def plot_confusion(metrics: dict, path: Path, title: str) -> bool:
     """Confusion-matrix PNG (row-normalised colours, counts printed); False without matplotlib."""
     try:
         import matplotlib
@@ -485,4 +488,87 @@ def summarise(fold_results: list[dict]) -> dict:
     confusion = torch.stack([torch.tensor(r["test"]["confusion"]) for r in fold_results]).sum(0)
     summary["confusion"] = confusion.tolist()
     summary["classes"] = fold_results[0]["test"]["classes"]
+    return summary
+
+
+def default_recipe(model_name: str):
+    """The feature recipe of a model's paper (glam_fast.recipes)."""
+    from glam_fast import recipes
+
+    return {"glam": recipes.GLAMRecipe, "mssenet": recipes.MSSENetRecipe, "afcn": recipes.AFCNRecipe}[model_name]()
+
+
+def train_corpus(
+    corpus,
+    args: TrainArgs,
+    out: str | os.PathLike,
+    recipe=None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    dist: DistributedContext = DistributedContext(),
+    alexnet_weights: str | None = None,
+    only_folds: Sequence[str] | None = None,
+    progress: _Progress | None = None,
+) -> dict:
+    """Train ``args.model`` on ``corpus`` under ``args.protocol``: every fold, then a summary.
+
+    Writes ``out/run.json`` (arguments, corpus, skipped files), one folder per fold and
+    ``out/summary.json``; a rerun with the same ``out`` resumes (finished folds are kept).
+    """
+    from glam_fast.evaluate import corpus_features
+    from glam_fast.protocols import make_splits
+
+    out = Path(out)
+    device = torch.device(device)
+    progress = progress or _Progress(enabled=dist.is_main)
+    recipe = recipe if recipe is not None else default_recipe(args.model)
+    if recipe.name != args.model:
+        raise ValueError(f"a {recipe.name} feature recipe cannot feed a {args.model} model")
+    extracted = corpus_features(corpus, recipe, cache_dir)
+    for path, reason in extracted.skipped:
+        progress.line(f"skipped {path}: {reason}")
+    if extracted.skipped:
+        progress.line(f"skipped {len(extracted.skipped)} of {len(corpus)} files that could not be decoded")
+    classes = list(corpus.labels)
+    targets = corpus.targets[extracted.kept].tolist()
+    speakers = [corpus.items[i].speaker for i in extracted.kept]
+    splits = make_splits(args.protocol, args.model, speakers, args.folds, args.seed)
+    if only_folds:
+        unknown = sorted(set(only_folds) - {s.name for s in splits})
+        if unknown:
+            raise ValueError(f"unknown folds {unknown}; this protocol has {[s.name for s in splits]}")
+        splits = [s for s in splits if s.name in only_folds]
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        run_info = {
+            "training": args.to_dict(),
+            "features": recipe.to_dict(),
+            "corpus": corpus.source,
+            "classes": classes,
+            "n_files": len(corpus),
+            "skipped": [{"path": p, "error": e} for p, e in extracted.skipped],
+            "folds": [s.name for s in splits],
+            "world_size": dist.world_size,
+        }
+        (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+
+    def units_for(index: list[int]) -> Units:
+        return build_units(args.model, [extracted.features[i] for i in index], [targets[i] for i in index])
+
+    input_shape = getattr(recipe, "input_shape", None)
+    results = []
+    for split in splits:
+        results.append(
+            train_fold(
+                split, units_for, classes, args, out / split.name, {"features": recipe.to_dict()}, device, dist, input_shape, alexnet_weights, progress
+            )
+        )
+    evaluated = [r for r in results if r["test"] is not None]
+    summary = {**(summarise(evaluated) if evaluated else {"folds": 0}), "protocol": args.protocol, "model": args.model}
+    if dist.is_main and evaluated:
+        progress.line(
+            "summary: " + "  ".join(f"{k.upper()} {summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" for k in ("wa", "ua", "macro_f1", "weighted_f1"))
+        )
+    if dist.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
