@@ -4,13 +4,12 @@ Each recipe is a small frozen dataclass (:class:`GLAMRecipe`, :class:`MSSENetRec
 :class:`AFCNRecipe`) that serialises with ``to_dict()`` / :func:`recipe_from_dict` (it is saved in
 checkpoint JSON), and a function turning waveforms at the recipe's sample rate into model input:
 
-============  ============================================  =====================================
-recipe        function                                      per utterance
-============  ============================================  =====================================
-GLAM          :func:`glam_input`, :func:`glam_segments`     (n_seg, 26, 57) MFCC segments + padded flag
-MS-SENet      :func:`mssenet_input`, :func:`mssenet_inputs`  (T, 39) MFCC, T = 188 (EmoDB) / 606 (IEMOCAP)
-AFCN          :func:`afcn_input`, :func:`afcn_batch`        (3, 257, T) log-power spectrogram, Δ, ΔΔ + lengths
-============  ============================================  =====================================
+- GLAM: :func:`glam_input` / :func:`glam_segments` (many utterances packed) -> (n_seg, 26, 57)
+  MFCC segments per utterance, plus a flag for utterances padded up to one segment.
+- MS-SENet: :func:`mssenet_input` / :func:`mssenet_inputs` -> (T, 39) MFCC per utterance,
+  T = 188 (EmoDB length) or 606 (IEMOCAP length).
+- AFCN: :func:`afcn_input` -> (3, 257, T) log-power spectrogram, Δ, ΔΔ with the valid and true
+  lengths; :func:`afcn_batch` pads a list of them into (B, 3, 257, T_max) + lengths.
 
 Waveforms are 1-D float32 tensors at ``recipe.sample_rate`` (``recipe.load(path)`` decodes and
 resamples a file; see :mod:`glam_fast.audio`). Features are computed on the waveforms' device, or
@@ -61,8 +60,8 @@ class _Recipe:
         waveform, _ = audio.load(path, sr=self.sample_rate)
         return waveform
 
-    def _check_common(self) -> None:
-        for field in ("sample_rate", "n_fft", "hop_length"):
+    def _check(self, *positive_ints: str) -> None:
+        for field in ("sample_rate", "n_fft", "hop_length", *positive_ints):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{type(self).__name__}.{field} must be a positive integer, got {value!r}")
@@ -127,11 +126,7 @@ class GLAMRecipe(_Recipe):
     pad_mode: str = "reflect"
 
     def __post_init__(self):
-        self._check_common()
-        for field in ("n_mfcc", "segment_samples", "segment_hop", "n_mels"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GLAMRecipe.{field} must be a positive integer, got {value!r}")
+        self._check("n_mfcc", "segment_samples", "segment_hop", "n_mels")
 
     @property
     def frames(self) -> int:
@@ -236,11 +231,7 @@ class MSSENetRecipe(_Recipe):
     pad_mode: str = "reflect"
 
     def __post_init__(self):
-        self._check_common()
-        for field in ("n_mfcc", "n_samples", "n_mels"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MSSENetRecipe.{field} must be a positive integer, got {value!r}")
+        self._check("n_mfcc", "n_samples", "n_mels")
 
     @classmethod
     def for_corpus(cls, corpus: str, **overrides) -> MSSENetRecipe:
@@ -309,7 +300,9 @@ class AFCNRecipe(_Recipe):
     min_frames: int = 63
 
     def __post_init__(self):
-        self._check_common()
+        self._check("min_frames")
+        if self.top_db is not None and not self.top_db >= 0:
+            raise ValueError(f"AFCNRecipe.top_db must be >= 0 or None, got {self.top_db!r}")
         if self.n_bins < self.min_frames:
             raise ValueError(f"AFCNRecipe.n_fft={self.n_fft} gives {self.n_bins} frequency bins; the trunk needs >= {self.min_frames}")
         if self.delta_width < 3 or self.delta_width % 2 != 1 or self.min_frames < self.delta_width:
