@@ -238,6 +238,7 @@ def _write_atomic(destination: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; cache entries are meant to be shared
         os.replace(temporary, destination)
     except BaseException:
         os.unlink(temporary)
