@@ -10,4 +10,38 @@ from glam_fast.dispatch import BackendUnavailableError, backend
 from glam_fast.info import info
 from glam_fast.models import AFCN, GLAM, MSSENet
 
-__all__ = ["AFCN", "GLAM", "MSSENet", "BackendUnavailableError", "__version__", "backend", "build_info", "info"]
+__all__ = [
+    "AFCN",
+    "GLAM",
+    "MSSENet",
+    "BackendUnavailableError",
+    "__version__",
+    "backend",
+    "build_info",
+    "info",
+    "MFCC",
+    "LogMel",
+    "GLAMRecipe",
+    "MSSENetRecipe",
+    "AFCNRecipe",
+]
+
+# Imported on first access, so `import glam_fast` stays fast and needs neither soundfile nor soxr.
+_LAZY_MODULES = ("audio", "data", "features", "recipes")
+_LAZY_NAMES = {
+    "MFCC": "features",
+    "LogMel": "features",
+    "GLAMRecipe": "recipes",
+    "MSSENetRecipe": "recipes",
+    "AFCNRecipe": "recipes",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"glam_fast.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"glam_fast.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'glam_fast' has no attribute {name!r}")
