@@ -14,7 +14,9 @@ squeeze_excite_inference       MS-SENet squeeze-and-excitation front end, both t
 
 Each section holds the launch through a ``torch.library`` custom op (so ``torch.compile`` traces
 it), the public function (argument checks, BatchNorm folding and weight packing) and the
-plain-PyTorch reference ``<op>_ref`` with the same arguments.
+plain-PyTorch reference ``<op>_ref`` with the same arguments. A Triton implementation registered
+under the same op name must take the same arguments: under ``auto`` the two are timed against
+each other on the same inputs (:func:`glam_fast.backend_tuning.op_runner`).
 
 Inference only: the kernels use BatchNorm's running statistics and have no backward. Tensors
 that require grad while grad mode is on (training) raise :class:`BackendUnavailableError`; run
@@ -151,10 +153,6 @@ class _PackedWeights:
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
         return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 _packed = _PackedWeights()
