@@ -1,15 +1,259 @@
-// pybind11 entry point of glam_fast._C. Every kernel binding checks its arguments here
-// (device, dtype, contiguity, shapes) before any launch.
+// pybind11 entry point of glam_fast._C. Tensors arrive as descriptors (data pointer, shape,
+// strides, dtype name, device type, device index), so nothing here needs torch's headers. Every
+// op binding checks its arguments (device, dtype, contiguity, shapes, alignment) before any
+// launch, with errors that name the argument and what to do; kernels run on the stream passed in.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <cstdint>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "build_config.h"
+#include "ops.h"
 #include "runtime_info.h"
 
 namespace py = pybind11;
 
 namespace {
+
+using glam_fast::DType;
+
+// ---- tensor descriptors and argument checks -------------------------------------------------
+
+struct TensorRef {
+  std::string name;
+  std::uintptr_t ptr = 0;
+  std::vector<int64_t> shape, strides;
+  std::string dtype, device_type;
+  int device_index = -1;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+};
+
+std::string join(const std::vector<int64_t>& v) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << (v.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+// Where kernels may run: the CUDA launchers want CUDA tensors on one device, the host emulation
+// CPU tensors.
+enum class Where { kCuda, kHost };
+
+class Checker {
+ public:
+  Checker(std::string op, Where where) : op_(std::move(op)), where_(where) {}
+
+  [[noreturn]] void value_error(const std::string& message) const { throw py::value_error(op_ + ": " + message); }
+  [[noreturn]] void type_error(const std::string& message) const { throw py::type_error(op_ + ": " + message); }
+
+  TensorRef tensor(const py::handle& obj, const char* name) const {
+    TensorRef t;
+    t.name = name;
+    try {
+      const auto d = obj.cast<py::tuple>();
+      if (d.size() != 6) throw py::cast_error("need 6 fields");
+      t.ptr = d[0].cast<std::uintptr_t>();
+      t.shape = d[1].cast<std::vector<int64_t>>();
+      t.strides = d[2].cast<std::vector<int64_t>>();
+      t.dtype = d[3].cast<std::string>();
+      t.device_type = d[4].cast<std::string>();
+      t.device_index = d[5].cast<int>();
+    } catch (const py::cast_error&) {
+      type_error(std::string(name) +
+                 " must be a tensor descriptor (data_ptr, shape, strides, dtype, device type, device index); "
+                 "glam_fast.ops.cuda_kernels builds these from torch tensors");
+    }
+    check_device(t);
+    if (t.numel() >= (int64_t(1) << 31)) {
+      value_error(std::string(name) + " has " + std::to_string(t.numel()) +
+                  " elements; at most 2^31 - 1 are supported: split the batch");
+    }
+    return t;
+  }
+
+  void shape(const TensorRef& t, const std::vector<int64_t>& expected, const char* layout) const {
+    bool ok = t.shape.size() == expected.size();
+    for (size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || t.shape[i] == expected[i];
+    if (!ok) value_error(t.name + " must have shape " + layout + " = " + join(expected) + " (-1: any), got " + join(t.shape));
+  }
+
+  void contiguous(const TensorRef& t, const char* layout) const {
+    int64_t expected = 1;
+    for (size_t i = t.shape.size(); i-- > 0;) {
+      if (t.shape[i] != 1 && t.strides[i] != expected) {
+        value_error(t.name + " must be contiguous " + layout + ", got shape " + join(t.shape) + " with strides " +
+                    join(t.strides) + "; call .contiguous() on it");
+      }
+      expected *= t.shape[i];
+    }
+  }
+
+  void aligned(const TensorRef& t, int bytes) const {
+    if (t.ptr % bytes != 0) {
+      value_error(t.name + " must start on a " + std::to_string(bytes) +
+                  "-byte boundary (vector loads); it is a view at an odd offset: pass .clone() of it");
+    }
+  }
+
+  DType io_dtype(const TensorRef& t) const {
+    if (t.dtype == "float32") return DType::kFloat32;
+    if (t.dtype == "float16") return DType::kFloat16;
+    if (t.dtype == "bfloat16") return DType::kBFloat16;
+    type_error(t.name + " must be float32, float16 or bfloat16, got " + t.dtype);
+  }
+
+  void dtype(const TensorRef& t, const std::string& expected) const {
+    if (t.dtype != expected) type_error(t.name + " must be " + expected + ", got " + t.dtype);
+  }
+
+  // All tensors of one call on one device.
+  void same_device(const std::vector<const TensorRef*>& tensors) const {
+    for (const TensorRef* t : tensors) {
+      if (t->device_index != tensors.front()->device_index) {
+        value_error("all tensors must be on one device: " + tensors.front()->name + " is on " +
+                    tensors.front()->device_type + ":" + std::to_string(tensors.front()->device_index) + ", " +
+                    t->name + " on " + t->device_type + ":" + std::to_string(t->device_index));
+      }
+    }
+  }
+
+ private:
+  void check_device(const TensorRef& t) const {
+    if (where_ == Where::kCuda && t.device_type != "cuda") {
+      value_error(t.name + " must be a CUDA tensor, got a " + t.device_type +
+                  " tensor; move it with .cuda() (the *_emulated entry points take CPU tensors)");
+    }
+    if (where_ == Where::kHost && t.device_type != "cpu") {
+      value_error(t.name + " must be a CPU tensor for the host emulation, got a " + t.device_type + " tensor");
+    }
+  }
+
+  std::string op_;
+  Where where_;
+};
+
+// ---- conv5x5_bias_relu ----------------------------------------------------------------------
+
+glam_fast::Conv5x5Args conv5x5_args(Where where, const py::handle& x_obj, const py::handle& weight_obj,
+                                    const py::handle& bias_obj, const py::handle& out_obj, bool pool) {
+  const Checker check("conv5x5_bias_relu", where);
+  const TensorRef x = check.tensor(x_obj, "x"), weight = check.tensor(weight_obj, "weight");
+  const TensorRef bias = check.tensor(bias_obj, "bias"), out = check.tensor(out_obj, "out");
+  check.same_device({&x, &weight, &bias, &out});
+  const DType dtype = check.io_dtype(x);
+  check.shape(x, {-1, -1, -1, -1}, "(B, H, W, Cin)");
+  check.contiguous(x, "(B, H, W, Cin) channels-last");
+  const int64_t batch = x.shape[0], height = x.shape[1], width = x.shape[2], cin = x.shape[3];
+  check.dtype(bias, "float32");
+  check.shape(bias, {-1}, "(Cout,)");
+  check.contiguous(bias, "(Cout,)");
+  const int64_t cout = bias.shape[0];
+  if (!glam_fast::conv5x5_supported(int(cin), int(cout))) {
+    check.value_error("no kernel for Cin=" + std::to_string(cin) + " -> Cout=" + std::to_string(cout) +
+                      "; compiled (Cin, Cout) pairs: " + glam_fast::conv5x5_supported_text());
+  }
+  if (cin == 128 && pool) check.value_error("the Cin=128 kernel (GLAM's conv5) has no pooling epilogue");
+  if (dtype == DType::kFloat32) {
+    check.dtype(weight, "float32");
+    check.shape(weight, {25 * cin, cout}, "(25*Cin, Cout)");
+  } else {
+    check.dtype(weight, x.dtype);
+    check.shape(weight, {cout, glam_fast::conv5x5_padded_k(int(cin))}, "(Cout, Kpad)");
+  }
+  check.contiguous(weight, "packed weight");
+  if (pool && (height < 2 || width < 2)) {
+    check.value_error("2x2 pooling needs H >= 2 and W >= 2, got x of shape " + join(x.shape));
+  }
+  const int64_t out_h = pool ? height / 2 : height, out_w = pool ? width / 2 : width;
+  check.dtype(out, x.dtype);
+  check.shape(out, {batch, out_h, out_w, cout}, "(B, H_out, W_out, Cout)");
+  check.contiguous(out, "(B, H_out, W_out, Cout)");
+  for (const TensorRef* t : {&x, &weight, &out}) check.aligned(*t, 16);
+  check.aligned(bias, 4);
+
+  glam_fast::Conv5x5Args args{};
+  args.x = reinterpret_cast<const void*>(x.ptr);
+  args.weight = reinterpret_cast<const void*>(weight.ptr);
+  args.bias = reinterpret_cast<const float*>(bias.ptr);
+  args.out = reinterpret_cast<void*>(out.ptr);
+  args.batch = int(batch);
+  args.height = int(height);
+  args.width = int(width);
+  args.cin = int(cin);
+  args.cout = int(cout);
+  args.pool = pool;
+  args.dtype = dtype;
+  return args;
+}
+
+// ---- stem -----------------------------------------------------------------------------------
+
+glam_fast::StemArgs stem_args(Where where, const py::handle& x_obj, const py::handle& params_obj,
+                              const py::handle& out_obj) {
+  const Checker check("glam_stem", where);
+  const TensorRef x = check.tensor(x_obj, "x"), params = check.tensor(params_obj, "params");
+  const TensorRef out = check.tensor(out_obj, "out");
+  check.same_device({&x, &params, &out});
+  const DType dtype = check.io_dtype(x);
+  check.shape(x, {-1, 1, -1, -1}, "(B, 1, H, W)");
+  check.contiguous(x, "(B, 1, H, W)");
+  check.dtype(params, "float32");
+  check.shape(params, {glam_fast::kStemParamCount}, "(packed stem parameters,)");
+  check.contiguous(params, "(packed stem parameters,)");
+  const int64_t batch = x.shape[0], height = x.shape[2], width = x.shape[3];
+  check.dtype(out, x.dtype);
+  check.shape(out, {batch, 2 * height, width, glam_fast::kStemChannels}, "(B, 2H, W, 16)");
+  check.contiguous(out, "(B, 2H, W, 16)");
+  check.aligned(out, 16);
+  return glam_fast::StemArgs{reinterpret_cast<const void*>(x.ptr), reinterpret_cast<const float*>(params.ptr),
+                             reinterpret_cast<void*>(out.ptr), int(batch), int(height), int(width), dtype};
+}
+
+// ---- squeeze_excite -------------------------------------------------------------------------
+
+glam_fast::SqueezeExciteArgs squeeze_excite_args(Where where, const py::handle& mfcc_obj, const py::handle& params_obj,
+                                                 const py::handle& partial_obj, const py::handle& out_obj) {
+  const Checker check("squeeze_excite", where);
+  const TensorRef mfcc = check.tensor(mfcc_obj, "mfcc"), params = check.tensor(params_obj, "params");
+  const TensorRef partial = check.tensor(partial_obj, "partial_sums"), out = check.tensor(out_obj, "out");
+  check.same_device({&mfcc, &params, &partial, &out});
+  const DType dtype = check.io_dtype(mfcc);
+  check.shape(mfcc, {-1, -1, -1}, "(B, T, M)");
+  check.contiguous(mfcc, "(B, T, M)");
+  const int64_t batch = mfcc.shape[0], time = mfcc.shape[1], n_mfcc = mfcc.shape[2];
+  check.shape(out, {2, batch, -1, time}, "(2, B, F, T)");
+  const int64_t filters = out.shape[2];
+  if (n_mfcc < 1 || n_mfcc > glam_fast::kSqueezeExciteMaxMfcc || filters < 1 ||
+      filters > glam_fast::kSqueezeExciteMaxFilters) {
+    check.value_error("supports 1..64 MFCC coefficients and 1..64 filters, got M=" + std::to_string(n_mfcc) +
+                      ", F=" + std::to_string(filters));
+  }
+  check.dtype(out, mfcc.dtype);
+  check.contiguous(out, "(2, B, F, T)");
+  const glam_fast::SqueezeExciteLayout layout{int(filters), int(n_mfcc)};
+  check.dtype(params, "float32");
+  check.shape(params, {2, layout.total}, "(2, packed parameters per direction)");
+  check.contiguous(params, "(2, packed parameters per direction)");
+  check.dtype(partial, "float32");
+  check.shape(partial, {2, batch, glam_fast::squeeze_excite_time_tiles(int(time)), filters}, "(2, B, tiles, F)");
+  check.contiguous(partial, "(2, B, tiles, F)");
+  return glam_fast::SqueezeExciteArgs{reinterpret_cast<const void*>(mfcc.ptr), reinterpret_cast<const float*>(params.ptr),
+                                      reinterpret_cast<float*>(partial.ptr), reinterpret_cast<void*>(out.ptr),
+                                      int(batch), int(time), int(n_mfcc), int(filters), dtype};
+}
+
+int device_of(const py::handle& descriptor) { return descriptor.cast<py::tuple>()[5].cast<int>(); }
+
+// ---- build facts ----------------------------------------------------------------------------
 
 py::dict build_info() {
   py::dict info;
@@ -21,11 +265,17 @@ py::dict build_info() {
   info["nvcc_version"] = GLAM_FAST_NVCC_VERSION;
   info["cuda_archs"] = GLAM_FAST_CUDA_ARCHS_STR;
   info["cuda_runtime_version"] = glam_fast::cuda_runtime_version();
+  std::vector<std::string> kernels;
+  glam_fast::conv5x5_list_kernels(kernels);
+  glam_fast::stem_list_kernels(kernels);
+  glam_fast::squeeze_excite_list_kernels(kernels);
+  info["kernels"] = kernels;
 #else
   info["cuda"] = false;
   info["nvcc_version"] = py::none();
   info["cuda_archs"] = py::none();
   info["cuda_runtime_version"] = py::none();
+  info["kernels"] = std::vector<std::string>{};
 #endif
   return info;
 }
@@ -44,7 +294,60 @@ py::tuple cuda_device_count() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "glam_fast native extension (C++ / CUDA kernels)";
-  m.def("build_info", &build_info, "What was compiled: version, compiler, CUDA archs and nvcc version.");
+  m.def("build_info", &build_info,
+        "What was compiled: version, compiler, CUDA archs, nvcc version and the list of kernels.");
   m.def("cuda_device_count", &cuda_device_count,
         "(count, error): CUDA devices visible to the extension's runtime, and why none if count == 0.");
+  // Layout constants the Python side packs weights and sizes workspaces with.
+  m.attr("conv5x5_k_tile") = glam_fast::kConv5x5TensorCoreKTile;
+  m.attr("squeeze_excite_time_tile") = glam_fast::kSqueezeExciteTimeTile;
+  m.def(
+      "squeeze_excite_param_count", [](int filters, int n_mfcc) { return glam_fast::SqueezeExciteLayout(filters, n_mfcc).total; },
+      py::arg("filters"), py::arg("n_mfcc"), "Floats of one direction's packed squeeze-excite parameters.");
+#ifdef GLAM_FAST_WITH_CUDA
+  m.def(
+      "conv5x5_bias_relu",
+      [](py::handle x, py::handle weight, py::handle bias, py::handle out, bool pool, std::uintptr_t stream) {
+        const auto args = conv5x5_args(Where::kCuda, x, weight, bias, out, pool);
+        glam_fast::conv5x5_bias_relu_cuda(args, device_of(x), stream);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("pool"), py::arg("stream"),
+      "out = relu(conv5x5(x, weight) + bias), max-pooled 2x2 if pool; NHWC, on `stream`.");
+  m.def(
+      "conv5x5_bias_relu_emulated",
+      [](py::handle x, py::handle weight, py::handle bias, py::handle out, bool pool) {
+        glam_fast::conv5x5_bias_relu_host(conv5x5_args(Where::kHost, x, weight, bias, out, pool));
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("pool"),
+      "Host emulation of conv5x5_bias_relu (CPU tensors; slow; for tests).");
+  m.def(
+      "glam_stem",
+      [](py::handle x, py::handle params, py::handle out, std::uintptr_t stream) {
+        const auto args = stem_args(Where::kCuda, x, params, out);
+        glam_fast::stem_cuda(args, device_of(x), stream);
+      },
+      py::arg("x"), py::arg("params"), py::arg("out"), py::arg("stream"),
+      "GLAM stem (conv1a/conv1b + folded BN + ReLU, stacked along height), NHWC output, on `stream`.");
+  m.def(
+      "glam_stem_emulated",
+      [](py::handle x, py::handle params, py::handle out) {
+        glam_fast::stem_host(stem_args(Where::kHost, x, params, out));
+      },
+      py::arg("x"), py::arg("params"), py::arg("out"), "Host emulation of glam_stem (CPU tensors; for tests).");
+  m.def(
+      "squeeze_excite",
+      [](py::handle mfcc, py::handle params, py::handle partial, py::handle out, std::uintptr_t stream) {
+        const auto args = squeeze_excite_args(Where::kCuda, mfcc, params, partial, out);
+        glam_fast::squeeze_excite_cuda(args, device_of(mfcc), stream);
+      },
+      py::arg("mfcc"), py::arg("params"), py::arg("partial_sums"), py::arg("out"), py::arg("stream"),
+      "MS-SENet squeeze-and-excitation front end, both directions (two kernels), on `stream`.");
+  m.def(
+      "squeeze_excite_emulated",
+      [](py::handle mfcc, py::handle params, py::handle partial, py::handle out) {
+        glam_fast::squeeze_excite_host(squeeze_excite_args(Where::kHost, mfcc, params, partial, out));
+      },
+      py::arg("mfcc"), py::arg("params"), py::arg("partial_sums"), py::arg("out"),
+      "Host emulation of squeeze_excite (CPU tensors; slow; for tests).");
+#endif
 }

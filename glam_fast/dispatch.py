@@ -2,7 +2,9 @@
 
 A user asks for a backend with the environment variable ``GLAM_FAST_BACKEND`` (read when first
 needed) or, scoped and thread-safe, with ``with glam_fast.backend("triton"): ...``. ``auto`` (the
-default) picks, per op and per device, the fastest implementation that is available. Asking
+default) picks, per op and per device: the PyTorch reference on the CPU; on a GPU the Triton
+kernel, or the CUDA C++ kernel where that was measured faster on this device model and shape
+(see :mod:`glam_fast.backend_tuning`; with no measurement ``auto`` never picks ``cuda``). Asking
 explicitly for a backend that cannot run an op on a device is an error that says why: a fused
 path never silently falls back to PyTorch.
 
@@ -24,11 +26,6 @@ ENV_VAR = "GLAM_FAST_BACKEND"
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("glam_fast_backend", default=None)
 _implementations: dict[tuple[str, str], Callable] = {}
-
-# Order in which `auto` tries backends on a CUDA device (later issues may replace this with a
-# measured per-op table). On the CPU, `auto` always means the PyTorch reference.
-_AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
-
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run this op on this device; the message says why."""
@@ -117,6 +114,9 @@ def _cuda_missing(device: torch.device) -> str:
         return "the native extension was built without nvcc (no CUDA kernels compiled)"
     if device.type != "cuda":
         return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 0):
+        return f"the cuda kernels need compute capability 8.0 or newer (cp.async, bf16 mma), {device} has {capability[0]}.{capability[1]}"
     return ""
 
 
@@ -144,8 +144,19 @@ def _missing_for_op(op: str, backend_name: str, device: torch.device) -> str:
     return ""
 
 
-def resolve(op: str, device: torch.device | str) -> str:
+def resolve(
+    op: str,
+    device: torch.device | str,
+    bucket: str | None = None,
+    runner: Callable[[str], Callable[[], object]] | None = None,
+) -> str:
     """The concrete backend that runs ``op`` on ``device`` under the current request.
+
+    For ``auto``, ``bucket`` (:func:`glam_fast.backend_tuning.shape_bucket` of the op's inputs)
+    selects the measurement to consult, and ``runner`` lets ``auto`` make one when there is none:
+    ``runner(backend)`` returns a zero-argument callable that runs the op on its real inputs with
+    that backend, without side effects. Without a bucket there is no measurement to use, and
+    ``auto`` does not pick ``cuda``.
 
     Raises :class:`BackendUnavailableError` when a backend was asked for explicitly and cannot
     run this op there.
@@ -153,12 +164,7 @@ def resolve(op: str, device: torch.device | str) -> str:
     device = torch.device(device)
     requested = requested_backend()
     if requested == "auto":
-        if device.type != "cuda":
-            return "torch"
-        for candidate in _AUTO_ORDER_CUDA:
-            if not _missing_for_op(op, candidate, device):
-                return candidate
-        return "torch"
+        return _auto_choice(op, device, bucket, runner)
     reason = _missing_for_op(op, requested, device)
     if reason:
         raise BackendUnavailableError(
@@ -166,6 +172,26 @@ def resolve(op: str, device: torch.device | str) -> str:
             f"Use glam_fast.backend('torch') (or GLAM_FAST_BACKEND=torch) for the PyTorch reference."
         )
     return requested
+
+
+def _auto_choice(op: str, device: torch.device, bucket: str | None, runner: Callable[[str], Callable[[], object]] | None) -> str:
+    if device.type != "cuda":
+        return "torch"
+    fused = [name for name in ("triton", "cuda") if not _missing_for_op(op, name, device)]
+    if "cuda" not in fused:
+        return fused[0] if fused else "torch"
+    # cuda only where it was measured faster than what would run otherwise.
+    rival = "triton" if "triton" in fused else "torch"
+    if bucket is None:
+        return rival
+    from glam_fast import backend_tuning
+
+    candidates = ("cuda", rival)
+    name = backend_tuning.device_name(device)
+    choice = backend_tuning.recorded_choice(op, name, bucket, candidates)
+    if choice is None and runner is not None and backend_tuning.tuning_enabled() and backend_tuning.can_measure_now():
+        choice = backend_tuning.measure(op, name, bucket, {candidate: runner(candidate) for candidate in candidates})
+    return choice or rival
 
 
 def backend_status(device: torch.device | str | None = None) -> dict[str, str]:

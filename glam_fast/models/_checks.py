@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from glam_fast.interop import as_tensor, is_dlpack_array
+
 
 def check_input(
     x: object,
@@ -15,14 +17,17 @@ def check_input(
     sizes: Sequence[int | None],
     min_sizes: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Validate a model input against ``layout`` (e.g. "(B, 1, 26, 57)").
+    """Validate a model input against ``layout`` (e.g. "(B, 1, 26, 57)") and return it as a tensor.
 
+    ``x`` may be a torch.Tensor or any DLPack array (a CuPy array, ...), taken over without a copy.
     ``sizes`` holds the required size of each dim (None: any). ``min_sizes`` (optional) holds the
     smallest size each dim may have. Errors name the model, the expected layout and what came in.
     """
     name = type(module).__name__
+    if is_dlpack_array(x):
+        x = as_tensor(x, f"{name} input")
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor of shape {layout}, got {type(x).__name__}")
+        raise TypeError(f"{name} expects a torch.Tensor (or a DLPack array such as a CuPy array) of shape {layout}, got {type(x).__name__}")
     shape = tuple(x.shape)
     if x.dim() != len(sizes):
         raise ValueError(f"{name} expects a {len(sizes)}-D input of shape {layout}, got shape {shape}")

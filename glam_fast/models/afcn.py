@@ -156,7 +156,7 @@ class AFCN(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None, return_attention: bool = False):
         """(B, 3, F, T) spectrogram [+ (B,) lengths] -> (B, num_classes) logits [, (B, F', T') attention]."""
         m = self.min_size
-        check_input(x, self, "(B, 3, F, T)", (None, 3, None, None), min_sizes=(1, 3, m, m))
+        x = check_input(x, self, "(B, 3, F, T)", (None, 3, None, None), min_sizes=(1, 3, m, m))
         if lengths is not None:
             lengths = self._check_lengths(lengths, x)
         backend = dispatch.resolve("afcn", x.device)

@@ -146,7 +146,7 @@ class GLAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) MFCC segments -> (B, num_classes) logits."""
-        check_input(x, self, f"(B, 1, {self.shape[0]}, {self.shape[1]})", (None, 1, *self.shape))
+        x = check_input(x, self, f"(B, 1, {self.shape[0]}, {self.shape[1]})", (None, 1, *self.shape))
         backend = dispatch.resolve("glam", x.device)
         if backend == "torch":
             return self.forward_reference(x)

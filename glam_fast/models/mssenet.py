@@ -158,7 +158,7 @@ class MSSENet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, n_mfcc) -> (B, num_classes) logits."""
-        check_input(x, self, f"(B, T, {self.n_mfcc})", (None, None, self.n_mfcc), min_sizes=(1, 1, 1))
+        x = check_input(x, self, f"(B, T, {self.n_mfcc})", (None, None, self.n_mfcc), min_sizes=(1, 1, 1))
         backend = dispatch.resolve("mssenet", x.device)
         if backend == "torch":
             return self.forward_reference(x)

@@ -164,7 +164,7 @@ def test_backward_reaches_every_parameter(seeded):
         (torch.randint(0, 9, (2, 1, 26, 57)), TypeError, "floating-point"),
         (torch.randn(2, 1, 26, 57, dtype=torch.float64), TypeError, "float64.*float32"),
         (torch.randn(2, 1, 26, 57, device="meta"), ValueError, "input is on meta but the model is on cpu"),
-        (torch.randn(2, 1, 26, 57).numpy(), TypeError, "torch.Tensor"),
+        (torch.randn(2, 1, 26, 57).tolist(), TypeError, "torch.Tensor"),  # NumPy arrays are DLPack arrays: accepted
     ],
 )
 def test_bad_input_errors_name_the_expected_shape(x, error, match):
