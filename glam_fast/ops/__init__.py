@@ -1,1 +1,8 @@
 """Fused ops: one file per op holding its kernels, launchers, autograd Function and reference."""
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # the Triton ops need triton; `import glam_fast` must work without it
+    pass
+else:
+    from glam_fast.ops import global_fusion  # noqa: F401
