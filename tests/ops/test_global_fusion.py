@@ -151,6 +151,7 @@ CASES = [
     pytest.param(torch.float16, 5, 37, 4, random_head, id="fp16-B5-d37-K4"),
     pytest.param(torch.float32, 3, 37, 4, default_init_head, id="fp32-B3-d37-K4-default-init"),
     pytest.param(torch.float16, 1, 13, 7, default_init_head, id="fp16-B1-d13-K7-default-init"),
+    pytest.param(torch.float32, 2, 13, 20, random_head, id="fp32-B2-d13-K20"),  # classes beyond one 16-wide block
 ]
 
 
