@@ -9,8 +9,9 @@ X is (B, 128, d): conv5's output flattened over H·W (d = 182 at 26×57, 195 at 
 Kernels (the four GEMMs of a segment and the cheap work between them):
 
 * forward: one kernel, one program per segment (128 tokens), in phases that hand tiles to each
-  other through the program's own rows in memory (hot in L1/L2; a barrier between phases), so no
-  tile is wider than 128 × 64: (0) LN_d → Z; (1) proj_in with GELU's LN_2d statistics of the gate
+  other through the program's own rows in memory (hot in L1/L2; a barrier between phases), so the
+  working tiles stay small (128 × 64 at most, besides the 128×128 token-mixing weight and 32 whole
+  rows in the LayerNorm phase): (0) LN_d → Z; (1) proj_in with GELU's LN_2d statistics of the gate
   half merged tile by tile, storing the pre-activations A; (2) GELU + LN_2d as the prologue of the
   128×128 token mixing, tanh and ·R as its epilogue → T, V; (3) proj_out with b2, the residual,
   the ReLU and the classifier in its epilogue: P is stored (for the backward), Y never is, and
@@ -117,8 +118,8 @@ def _global_fusion_forward_kernel(
     rstd_2d.
 
     Each phase reads back what the previous one stored (the program's own rows, hot in L1/L2), so
-    every tile stays at most N_TOK × 64 wide; a barrier between phases makes the stores of all the
-    program's threads visible to all of them."""
+    the working tiles stay small; a barrier between phases makes the stores of all the program's
+    threads visible to all of them."""
     seg = tl.program_id(0).to(tl.int64)
     dtype = x_ptr.dtype.element_ty
     half = 2 * d
