@@ -104,7 +104,9 @@ def compile_kernel(spec: KernelSpec, arch: int) -> dict:
         **row,
         "ok": True,
         "registers": usage.get("reg"),
-        "spill_bytes": usage.get("local"),  # local memory: register spills (and local arrays)
+        # Register spills land in the stack frame (STACK) with this toolchain, local arrays in
+        # LOCAL: either is per-thread memory traffic, so both count.
+        "spill_bytes": None if "stack" not in usage else usage["stack"] + usage.get("local", 0),
         "stack_bytes": usage.get("stack"),
         "shared_bytes": dynamic_shared + usage.get("shared", 0),
         "shared_fits": dynamic_shared + usage.get("shared", 0) <= MAX_SHARED_BYTES.get(arch, MAX_SHARED_BYTES[80]),
@@ -115,7 +117,7 @@ def compile_report(arch: int = 90, ops: Iterable[str] | None = None) -> list[dic
     """Compile every registered kernel for sm_<arch> (80 or 90); one dict per kernel config.
 
     Keys: op, kernel, arch, num_warps, num_stages, ok, error (if not ok), registers,
-    spill_bytes, stack_bytes, shared_bytes, shared_fits. Works without a GPU. Under
+    spill_bytes (stack frame + local memory), stack_bytes, shared_bytes, shared_fits. Works without a GPU. Under
     TRITON_INTERPRET=1 it runs in a child process, since interpreted kernels cannot be compiled.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
