@@ -24,6 +24,7 @@ __all__ = [
     "GLAMRecipe",
     "MSSENetRecipe",
     "AFCNRecipe",
+    "load_pretrained",
 ]
 
 # Imported on first access, so `import glam_fast` stays fast and needs neither soundfile nor soxr.
@@ -34,6 +35,7 @@ _LAZY_NAMES = {
     "GLAMRecipe": "recipes",
     "MSSENetRecipe": "recipes",
     "AFCNRecipe": "recipes",
+    "load_pretrained": "pretrained",
 }
 
 
