@@ -12,7 +12,7 @@ import glam_fast
 from glam_fast import MSSENet
 from glam_fast.kernels import compile_report, format_report
 from glam_fast.models import mssenet as mssenet_model
-from glam_fast.ops import mssenet_forward
+from glam_fast.ops import dynamic_fusion, mssenet_forward
 from tests.helpers import rel_err
 
 OPS = ["squeeze_excite", "temporal_block", "dynamic_fusion", "batch_norm_stats"]
@@ -110,9 +110,9 @@ def test_train_step_matches_float64_reference(monkeypatch):
     replays the fused run's dropout masks, which also checks their shapes, rates and order."""
     model = make_model().train()
     ref = copy.deepcopy(model).double()
-    x = torch.randn(3, 37, 39, requires_grad=True)
+    x = torch.randn(2, 37, 39, requires_grad=True)
     x_ref = x.detach().double().requires_grad_()
-    upstream = torch.randn(3, 4)
+    upstream = torch.randn(2, 4)
     recorder = MaskRecorder()
     monkeypatch.setattr(mssenet_model, "channel_dropout_mask", recorder)
     out = fused(model, x)
@@ -220,8 +220,8 @@ def op_counter(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_fused_path_runs_no_pytorch_compute(op_counter, mode):
-    model = make_model(n_blocks=2).train(mode == "train")
-    x = torch.randn(2, 5, 39, requires_grad=True)
+    model = make_model(n_blocks=1).train(mode == "train")
+    x = torch.randn(2, 3, 39, requires_grad=True)
     fused(model, x).sum().backward()
     assert op_counter == {}
     reference(model, x).sum()
@@ -272,26 +272,33 @@ def test_inference_parameter_cache_follows_weight_changes():
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    model = make_model(n_blocks=2).eval()
-    x = torch.randn(2, 9, 39)
+    """The fused ops trace into one graph (dynamo + AOTAutograd through the custom ops), forward
+    in eval and forward + backward in training (without dropout: compiled RNG differs)."""
+    model = make_model(n_blocks=1, front_dropout=0.0, block_dropout=0.0).eval()
+    x = torch.randn(2, 4, 39)
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: mssenet_forward.mssenet_forward(model, x), fullgraph=True)
     with torch.no_grad():
         assert rel_err(compiled(x), fused(model, x)) < 1e-6
     model.train()
-    dropless = make_model(n_blocks=2, front_dropout=0.0, block_dropout=0.0).train()
-    dropless.load_state_dict(model.state_dict())
-    twin = copy.deepcopy(dropless)
+    twin = copy.deepcopy(model)
     xg = x.clone().requires_grad_()
-    compiled = torch.compile(lambda x: mssenet_forward.mssenet_forward(dropless, x), fullgraph=True)
     compiled(xg).square().sum().backward()
     xe = x.clone().requires_grad_()
     fused(twin, xe).square().sum().backward()
     assert rel_err(xg.grad, xe.grad) < 1e-6
-    for (name, p), q in zip(dropless.named_parameters(), twin.parameters()):
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert rel_err(p.grad, q.grad) < 1e-6 or p.grad.abs().max() < 1e-6, name
-    for a, b in zip(dropless.buffers(), twin.buffers()):
+    for a, b in zip(model.buffers(), twin.buffers()):
         assert torch.allclose(a.double(), b.double(), rtol=1e-6)
+
+
+def test_dynamic_fusion_opcheck():
+    means = torch.randn(3, 2, 5, 7)
+    args = (means, torch.randn(3), torch.randn(4, 7), torch.randn(4))
+    torch.library.opcheck(dynamic_fusion.dynamic_fusion, tuple(a.requires_grad_() for a in args))
+    logits = dynamic_fusion.dynamic_fusion(*args)
+    assert rel_err(logits, dynamic_fusion.dynamic_fusion_ref(*(a.double() for a in args))) < 1e-6
 
 
 @pytest.mark.parametrize("arch", [80, 90])
@@ -308,33 +315,35 @@ def test_compile_report(arch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_gpu_bf16_full_size_matches_reference(mode):
-    """Batch 256, T = 606, autocast bf16: the fused error against a float64 reference stays within
-    twice the error of eager autocast; in training the grads too (masks replayed)."""
+@pytest.mark.parametrize("mode, batch", [("eval", 256), ("train", 64)])
+def test_gpu_bf16_full_size_matches_reference(mode, batch):
+    """T = 606, autocast bf16 (batch 256 in eval; 64 in training, where the fp32 reference keeps
+    every activation for its backward): the fused error against an fp32 reference (whose own
+    error is far below bf16's) stays within twice eager autocast's; in training the parameter
+    grads too, with the fused run's dropout masks replayed into both references."""
     torch.manual_seed(0)
     model = make_model(n_blocks=10).cuda().train(mode == "train")
     eager_model = copy.deepcopy(model)
-    ref = copy.deepcopy(model).double()
-    x = torch.randn(256, 606, 39, device="cuda")
+    ref = copy.deepcopy(model)
+    x = torch.randn(batch, 606, 39, device="cuda")
+    upstream = torch.randn(batch, 4, device="cuda", dtype=torch.float64)
     recorder = MaskRecorder()
     real = mssenet_model.channel_dropout_mask
-    mssenet_model.channel_dropout_mask = recorder
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = fused(model, x)
-        mssenet_model.channel_dropout_mask = MaskReplayer(recorder.calls)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            eager = reference(eager_model, x)
-        mssenet_model.channel_dropout_mask = MaskReplayer(recorder.calls)
-        want = reference(ref, x.double())
+        runs = []
+        for m, autocast, masks in ((model, True, recorder), (eager_model, True, None), (ref, False, None)):
+            mssenet_model.channel_dropout_mask = masks or MaskReplayer(recorder.calls)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(mode == "train"):
+                out = (fused if m is model else reference)(m, x)
+            if mode == "train":
+                (out.double() * upstream).sum().backward()
+            runs.append(out.detach().double())
     finally:
         mssenet_model.channel_dropout_mask = real
+    out, eager, want = runs
     assert rel_err(out, want) <= 2 * rel_err(eager, want) + 1e-3
     if mode == "train":
-        upstream = torch.randn_like(want)
-        for m, o in ((model, out), (eager_model, eager), (ref, want)):
-            (o.double() * upstream).sum().backward()
+        scale = max(q.grad.abs().max() for q in ref.parameters())
         for (name, p), e, r in zip(model.named_parameters(), eager_model.parameters(), ref.parameters()):
-            if r.grad.abs().max() > 1e-6 * max(q.grad.abs().max() for q in ref.parameters()):
+            if r.grad.abs().max() > 1e-4 * scale:  # skip the BatchNorm-cancelled conv biases
                 assert rel_err(p.grad, r.grad) <= 2 * rel_err(e.grad, r.grad) + 1e-3, name

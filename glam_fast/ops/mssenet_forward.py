@@ -4,9 +4,10 @@ Launches per forward (both directions share every launch):
 - eval without gradients: 1 front end + n_blocks temporal blocks + 1 fusion (+ 1 stack of the
   block means); the direction-stacked parameters are cached between calls (:func:`prepare_mssenet`);
 - training, or eval with gradients: front end 1 (+2 for the training BatchNorm statistics), 3 per
-  block (+2 per block in training), 1 fusion, plus one concatenation of all parameters into the
-  direction-stacked layout (its backward only slices) and, in training, one stack of the dropout
-  masks and a handful of ``torch._foreach_*`` running-statistics updates.
+  block (+2 per block in training), 1 fusion, plus two concatenations packing parameters and
+  running statistics direction-stacked (the backward: one concatenation of grads) and, in
+  training, the dropout-mask draws (two small launches each, as in the reference), one stack of
+  them and a handful of ``torch._foreach_*`` running-statistics updates.
 
 Dropout masks come from :func:`glam_fast.models.mssenet.channel_dropout_mask`, drawn with the same
 shapes, dtype and order as the reference model, so a seeded run draws the same masks.
@@ -72,7 +73,7 @@ def _groups(model) -> list[tuple[str, list[Tensor], list[Tensor]]]:
 
 def stacked_parameters(model) -> dict[str, Tensor]:
     """Every per-direction parameter and running statistic as a direction-stacked (2, ...) view of
-    one concatenation (differentiable: its backward slices the gradient back to each parameter).
+    a concatenation (differentiable: its backward splits the gradient back to each parameter).
 
     Without autograd (inference) the result is cached on the model and reused while no source
     tensor has been replaced or modified in place (optimizer steps, load_state_dict, .to(...)).
@@ -85,16 +86,23 @@ def stacked_parameters(model) -> dict[str, Tensor]:
         cached = model.__dict__.get(_CACHE_ATTRIBUTE)
         if cached is not None and cached[0] == key:
             return cached[1]
-    flat = torch.cat([t.reshape(-1) for t in sources])
-    stacked, offset = {}, 0
-    for name, a, _ in groups:
-        per_direction = sum(t.numel() for t in a)
-        shape = (len(a), *a[0].shape) if len(a) > 1 else tuple(a[0].shape)
-        stacked[name] = flat[offset : offset + 2 * per_direction].view(2, *_op_shape(name, shape))
-        offset += 2 * per_direction
+    stacked = {}
+    # parameters and running statistics packed separately, so that the parameters' pack has a
+    # grad for every piece; split (not slicing): its backward is one concatenation
+    for is_buffer in (False, True):
+        part = [(name, a, b) for name, a, b in groups if _is_buffer(name) == is_buffer]
+        flat = torch.cat([t.reshape(-1) for _, a, b in part for t in (*a, *b)])
+        pieces = flat.split([2 * sum(t.numel() for t in a) for _, a, _ in part])
+        for (name, a, _), piece in zip(part, pieces):
+            shape = (len(a), *a[0].shape) if len(a) > 1 else tuple(a[0].shape)
+            stacked[name] = piece.view(2, *_op_shape(name, shape))
     if cacheable:
         model.__dict__[_CACHE_ATTRIBUTE] = (key, stacked)
     return stacked
+
+
+def _is_buffer(name: str) -> bool:
+    return name.endswith(("running_mean", "running_var"))
 
 
 def _op_shape(name: str, module_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -68,17 +68,26 @@ def _positions(t0, j0, M, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
-def _patches(x_seq, reverse, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias):
-    """[P, 32] GEMM operand: for each position its branch's taps of x (zero padded), a 1 in its
-    branch's bias row, zeros elsewhere. Direction 1 (reverse) reads x time-reversed. The tap
-    geometry comes from :func:`_tap_geometry` (computed once per program)."""
-    uses = (branch[:, None] == tap_branch[None, :]) & ((t < T) & (j < 3 * M))[:, None]
-    src_t = t[:, None] + dt[None, :]
-    src_m = m[:, None] + dm[None, :]
-    inside = uses & ~is_bias[None, :] & (src_t >= 0) & (src_t < T) & (src_m >= 0) & (src_m < M)
+def _patches(
+    x_seq, reverse, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """[P, 32] GEMM operand of the tile at (t0, j0), position p = r * BLOCK_J + c: its branch's taps
+    of x (zero padded), a 1 in its branch's bias row, zeros elsewhere (all zero outside the map).
+    Direction 1 (reverse) reads x time-reversed. The row part depends only on (time, tap) and the
+    column part only on (column, tap), so both are built small and combined by broadcasting.
+    The tap geometry comes from :func:`_tap_geometry` (computed once per program)."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    j = j0 + tl.arange(0, BLOCK_J)
+    src_t = t[:, None] + dt[None, :]  # [BLOCK_T, 32]
+    row_ok = (t < T)[:, None] & (src_t >= 0) & (src_t < T)
     row = tl.where(reverse, T - 1 - src_t, src_t)
-    vals = tl.load(x_seq + row * M + src_m, mask=inside, other=0.0)
-    return tl.where(uses & is_bias[None, :], 1.0, vals).to(x_seq.dtype.element_ty)
+    own = ((j // M)[:, None] == tap_branch[None, :]) & (j < 3 * M)[:, None]  # [BLOCK_J, 32]
+    src_m = (j % M)[:, None] + dm[None, :]
+    col_ok = own & ~is_bias[None, :] & (src_m >= 0) & (src_m < M)
+    vals = tl.load(x_seq + row[:, None, :] * M + src_m[None, :, :], mask=row_ok[:, None, :] & col_ok[None, :, :], other=0.0)
+    bias = (t < T)[:, None, None] & (own & is_bias[None, :])[None, :, :]
+    vals = tl.where(bias, 1.0, vals)
+    return tl.reshape(vals, [BLOCK_T * BLOCK_J, 32]).to(x_seq.dtype.element_ty)
 
 
 @triton.jit
@@ -199,8 +208,7 @@ def _squeeze_excite_stats_kernel(
         for j0 in range(0, 3 * M, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             valid = (t < T) & (j < 3 * M)
-            # the conv output rounded to the activation dtype, as a separate conv would store it
-            u = tl.dot(_patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias), w_conv, input_precision=PRECISION).to(dot_t).to(tl.float32)
+            u = tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_conv, input_precision=PRECISION)
             c, mu, m2 = _tile_moments(u, valid & (branch == 0))
             n0, mean0, m20 = _chan_merge(n0, mean0, m20, c, mu, m2)
             c, mu, m2 = _tile_moments(u, valid & (branch == 1))
@@ -245,8 +253,8 @@ def _squeeze_excite_forward_kernel(
     for t0 in range(0, T, BLOCK_T):
         for j0 in range(0, J, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
-            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias), w_fold, input_precision=PRECISION), 0.0)
-            total += tl.sum(y.to(dot_t).to(tl.float32), axis=0)
+            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
+            total += tl.sum(y, axis=0)
     squeeze = total / (T * J)
     tl.store(squeeze_ptr + (d * B + b) * F + cols, squeeze, mask=cols < F)
     _, _, scale = _excitation(squeeze, sq_w_ptr, sq_b_ptr, ex_w_ptr, ex_b_ptr, d, F, cols)
@@ -264,8 +272,8 @@ def _squeeze_excite_forward_kernel(
         acc = tl.dot(x_tile, proj_x, input_precision=PRECISION) + proj_b[None, :]
         for j0 in range(0, J, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
-            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias), w_fold, input_precision=PRECISION), 0.0)
-            z = tl.sum(y.to(dot_t).to(tl.float32) * collapse_w[None, :], axis=1) + collapse_b
+            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
+            z = tl.sum(y * collapse_w[None, :], axis=1) + collapse_b
             collapsed = tl.reshape(tl.maximum(z, 0.0), [BLOCK_T, BLOCK_J]).to(dot_t)
             jc = j0 + tl.arange(0, BLOCK_J)
             proj_c = tl.load(proj_w_ptr + (d * F + cols[None, :]) * (J + M) + jc[:, None], mask=(jc < J)[:, None] & (cols < F)[None, :], other=0.0)
@@ -330,8 +338,7 @@ def _squeeze_excite_backward_head_kernel(
             rows = t0 + tl.arange(0, BLOCK_T)
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             valid = (t < T) & (j < J)
-            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias), w_fold, input_precision=PRECISION), 0.0)
-            y = y.to(dot_t).to(tl.float32)
+            y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
             z = tl.sum(y * collapse_w[None, :], axis=1) + collapse_b
             dz, g = _collapse_grad(z, valid, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)
             y_dz += tl.sum(dz[:, None] * y, axis=0)
@@ -407,9 +414,9 @@ def _squeeze_excite_backward_bn_kernel(
         for j0 in range(0, J, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             valid = (t < T) & (j < J)
-            patches = _patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias)
+            patches = _patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J)
             y_pre = tl.dot(patches, w_fold, input_precision=PRECISION)
-            z = tl.sum(tl.maximum(y_pre, 0.0).to(dot_t).to(tl.float32) * collapse_w[None, :], axis=1) + collapse_b
+            z = tl.sum(tl.maximum(y_pre, 0.0) * collapse_w[None, :], axis=1) + collapse_b
             dn = _grad_bn_output(y_pre, z, valid, branch, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
                                  keep0, keep1, keep2, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
             dnx = dn * tl.dot(patches, w_xhat, input_precision=PRECISION)
@@ -479,9 +486,9 @@ def _squeeze_excite_backward_conv_kernel(
         for j0 in range(0, J, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             valid = (t < T) & (j < J)
-            patches = _patches(x_seq, d == 1, t, j, branch, m, T, M, tap_branch, dt, dm, is_bias)
+            patches = _patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J)
             y_pre = tl.dot(patches, w_fold, input_precision=PRECISION)
-            z = tl.sum(tl.maximum(y_pre, 0.0).to(dot_t).to(tl.float32) * collapse_w[None, :], axis=1) + collapse_b
+            z = tl.sum(tl.maximum(y_pre, 0.0) * collapse_w[None, :], axis=1) + collapse_b
             dn = _grad_bn_output(y_pre, z, valid, branch, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
                                  keep0, keep1, keep2, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
             du = dn * _select_branch(branch, gi0, gi1, gi2)
@@ -494,7 +501,8 @@ def _squeeze_excite_backward_conv_kernel(
             if NEED_INPUT_GRAD:
                 taps = tl.dot(du, w_conv_t, input_precision=PRECISION)  # [P, 32]
                 own = (valid[:, None] & (branch[:, None] == tap_branch[None, :])) & ~is_bias[None, :]
-                dst = tap_grad_ptr + (((d * B + b) * T + t[:, None]) * M + m[:, None]) * 32 + k[None, :]
+                row = (d * B + b).to(tl.int64) * T + t[:, None]  # the buffer outgrows int32 at large B * T
+                dst = tap_grad_ptr + (row * M + m[:, None]) * 32 + k[None, :]
                 tl.store(dst, taps, mask=own)
     c = cols[None, :]
     tl.store(conv_partial_ptr + (d * B + b) * 32 * F + k[:, None] * F + c, grad_rows, mask=c < F)
@@ -517,7 +525,7 @@ def _squeeze_excite_input_grad_kernel(
     acc = tl.zeros([BLOCK_T, BLOCK_M], dtype=tl.float32)
     for d in tl.static_range(2):
         own_rows = rows if d == 0 else T - 1 - rows  # this row in the direction's own time order
-        base = tap_grad_ptr + (d * B + b) * T * M * 32
+        base = tap_grad_ptr + (d * B + b).to(tl.int64) * T * M * 32  # outgrows int32 at large B * T
         for k in tl.static_range(29):
             if k < 11:
                 dt = k - 5

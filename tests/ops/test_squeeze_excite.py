@@ -49,7 +49,7 @@ def fused(*args):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("batch, length", [(2, 1), (1, 2), (3, 37)])
+@pytest.mark.parametrize("batch, length", [(2, 1), (1, 2), (2, 37)])
 def test_forward_backward_matches_float64_reference(batch, length, training):
     params = make_params(length)
     x = torch.randn(batch, length, M, generator=torch.Generator().manual_seed(batch))
@@ -144,12 +144,16 @@ def test_gpu_tile_sizes_under_the_interpreter(monkeypatch):
         assert rel_err(grads[name], ref_grads[name]) < 1e-5, name
 
 
-def test_no_input_grad_skips_the_input_kernel():
+def test_no_input_grad_skips_the_input_kernel(monkeypatch):
+    class MustNotLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the input-grad kernel ran although x needs no grad")
+
+    monkeypatch.setattr(se, "_squeeze_excite_input_grad_kernel", MustNotLaunch())
     params = make_params(1)
-    x = torch.randn(2, 5, M)
     p = {k: v.requires_grad_(k in TRAINABLE) for k, v in params.items()}
-    h0 = fused(x, *p.values(), None, False, EPS)
-    h0.sum().backward()
+    x = torch.randn(2, 5, M)
+    fused(x, *p.values(), None, False, EPS).sum().backward()
     assert x.grad is None and p["time_weight"].grad is not None
 
 
