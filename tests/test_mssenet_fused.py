@@ -301,16 +301,31 @@ def test_dynamic_fusion_opcheck():
     assert rel_err(logits, dynamic_fusion.dynamic_fusion_ref(*(a.double() for a in args))) < 1e-6
 
 
+# Register spills (stack bytes per thread) that are known and explained; every other kernel must
+# have none. The front-end backward kernels hold 3-4 [256 positions, 64 channels] fp32 tiles at
+# once at the smallest tile tl.dot allows; the fp32 variants (3xTF32 dots) carry twice the operand
+# registers; neither is the bf16 inference path.
+EXPLAINED_SPILLS = {
+    "_squeeze_excite_stats_kernel": 512,
+    "_squeeze_excite_backward_head_kernel": 512,
+    "_squeeze_excite_backward_bn_kernel": 512,
+    "_squeeze_excite_backward_conv_kernel": 1024,
+    "_squeeze_excite_forward_kernel[fp32]": 512,
+    "_temporal_block_inference_kernel[fp32]": 1024,
+}
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_compile_report(arch):
-    """Every kernel at the launch configuration the GPU uses compiles, without register spills,
-    within the shared memory of the architecture."""
+    """Every kernel at the launch configuration the GPU uses compiles for the architecture, fits its
+    shared memory, and spills no registers beyond the explained budgets above."""
     rows = compile_report(arch, ops=OPS)
     print(format_report(rows))
     assert {r["op"] for r in rows} == set(OPS)
     for r in rows:
         assert r["ok"], f"{r['kernel']}: {r.get('error')}"
-        assert r["spill_bytes"] == 0, f"{r['kernel']} spills {r['spill_bytes']} bytes"
+        assert r["spill_bytes"] == 0, f"{r['kernel']} uses {r['spill_bytes']} bytes of local memory"
+        assert r["stack_bytes"] <= EXPLAINED_SPILLS.get(r["kernel"], 0), f"{r['kernel']} spills {r['stack_bytes']} bytes"
         assert r["shared_fits"], r["kernel"]
 
 

@@ -91,7 +91,9 @@ def _attention_pool_forward_kernel(
     cls_w = tl.load(cls_w_ptr + classes[:, None] * D + dd[None, :], mask=(classes < C)[:, None] & (dd < D)[None, :], other=0.0).to(tl.float32)
     logits = tl.sum(cls_w * context[None, :], axis=1) + tl.load(cls_b_ptr + classes, mask=classes < C, other=0.0).to(tl.float32)
     tl.store(logits_ptr + b * C + classes, logits.to(logits_ptr.dtype.element_ty), mask=classes < C)
-    # the stored scores -> alpha (exp(-inf) = 0 at padded positions)
+    # the stored scores -> alpha (exp(-inf) = 0 at padded positions); the barrier makes every
+    # thread's score stores visible to the threads that reload them
+    tl.debug_barrier()
     for p0 in range(0, L, BLOCK_L):
         p = p0 + tl.arange(0, BLOCK_L)
         score = tl.load(alpha_row + p, mask=p < L, other=-float("inf"))
@@ -183,17 +185,23 @@ def _attention_pool_weight_grad_kernel(
         tl.store(grad_b_ptr + aa, grad_b, mask=aa < A)
 
 
-# GPU: a 16-position x 256-channel tile of the map against 64-row chunks of W (32 KiB in bf16);
-# two pipeline stages keep the backward's two W chunks per step within sm_80's shared memory.
-_GPU_CONFIG = {"BLOCK_L": 16, "BLOCK_A": 64, "num_warps": 4, "num_stages": 2}
+# GPU: a 16-position x 256-channel tile of the map against chunks of W, at 8 warps; the backward
+# holds two W chunks per step (for W a and for the grad of a), so its chunks are half as wide.
+# Two pipeline stages keep shared memory within sm_80's. At 4 warps, or 64-wide backward chunks,
+# the kernels spill.
+_GPU_CONFIG = {
+    "forward": {"BLOCK_L": 16, "BLOCK_A": 64, "num_warps": 8, "num_stages": 2},
+    "backward": {"BLOCK_L": 16, "BLOCK_A": 32, "num_warps": 8, "num_stages": 2},
+}
 _GPU_WEIGHT_GRAD = {"BLOCK_L": 32, "BLOCK_A": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 3}
 
 
-def _config(positions: int, attn_dim: int, dtype: torch.dtype) -> dict:
+def _config(kind: str, positions: int, attn_dim: int, dtype: torch.dtype) -> dict:
     if interpreting():
         block_a = triton.next_power_of_2(attn_dim)
         return {"BLOCK_L": max(16, min(128, triton.next_power_of_2(positions))), "BLOCK_A": max(16, block_a), "num_warps": 4, "num_stages": 1}
-    return dict(_GPU_CONFIG, num_stages=min(_GPU_CONFIG["num_stages"], pipeline_stages(dtype)))
+    cfg = _GPU_CONFIG[kind]
+    return dict(cfg, num_stages=min(cfg["num_stages"], pipeline_stages(dtype)))
 
 
 def _check_inputs(op: str, features: Tensor, lengths: Optional[Tensor], proj_weight: Tensor, proj_bias: Tensor, context_weight: Tensor,
@@ -261,7 +269,7 @@ def attention_pool(
     logits = empty_output((batch, classes), dtype=features.dtype, device=device)
     alpha = empty_output((batch, freq, time), dtype=torch.float32, device=device)
     context = empty_output((batch, dim), dtype=torch.float32, device=device)
-    cfg = _config(freq * time, attn_dim, features.dtype)
+    cfg = _config("forward", freq * time, attn_dim, features.dtype)
     _attention_pool_forward_kernel[(batch,)](
         features.contiguous(), lengths.contiguous() if lengths is not None else proj_bias, _as_operand(proj_weight, features), proj_bias.contiguous(),
         context_weight.contiguous(), classifier_weight.contiguous(), classifier_bias.contiguous(), logits, alpha, context,
@@ -295,7 +303,7 @@ def attention_pool_backward(
     classes = classifier_weight.shape[0]
     device = features.device
     features = features.contiguous()
-    cfg = _config(positions, attn_dim, features.dtype)
+    cfg = _config("backward", positions, attn_dim, features.dtype)
     block_d = max(16, triton.next_power_of_2(dim))
     n_a_chunks = triton.cdiv(attn_dim, cfg["BLOCK_A"])
     grad_features = empty_output(features.shape, dtype=features.dtype, device=device)
@@ -375,21 +383,25 @@ def attention_pool_ref(
 def _compile_specs():
     act = "bf16"
     p = "*fp32"
-    consts = {"HAS_LENGTHS": True, "BLOCK_L": _GPU_CONFIG["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": _GPU_CONFIG["BLOCK_A"], "BLOCK_C": 16, "PRECISION": "tf32"}
+    fwd = _GPU_CONFIG["forward"]
+    consts = {"HAS_LENGTHS": True, "BLOCK_L": fwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": fwd["BLOCK_A"], "BLOCK_C": 16, "PRECISION": "tf32"}
     scalars = {"D": "i32", "L": "i32", "T_out": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
     sig = {"feat_ptr": f"*{act}", "lengths_ptr": "*i64", "proj_w_ptr": f"*{act}", "proj_b_ptr": p, "ctx_w_ptr": p, "cls_w_ptr": p, "cls_b_ptr": p,
            "logits_ptr": f"*{act}", "alpha_ptr": p, "context_ptr": p, **scalars, **{k: "constexpr" for k in consts}}  # fmt: skip
-    stages = dict(num_warps=_GPU_CONFIG["num_warps"], num_stages=_GPU_CONFIG["num_stages"])
-    yield KernelSpec("attention_pool", "_attention_pool_forward_kernel", _attention_pool_forward_kernel, sig, consts, **stages)
+    launch = dict(num_warps=fwd["num_warps"], num_stages=fwd["num_stages"])
+    yield KernelSpec("attention_pool", "_attention_pool_forward_kernel", _attention_pool_forward_kernel, sig, consts, **launch)
     sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
     yield KernelSpec("attention_pool", "_attention_pool_forward_kernel[fp32]", _attention_pool_forward_kernel, sig32, dict(consts, PRECISION="tf32x3"),
-                     num_warps=_GPU_CONFIG["num_warps"], num_stages=pipeline_stages(torch.float32))  # fmt: skip
-    consts = {"HAS_GRAD_ALPHA": True, "BLOCK_L": _GPU_CONFIG["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": _GPU_CONFIG["BLOCK_A"], "BLOCK_C": 16, "N_A_CHUNKS": 4, "PRECISION": "tf32"}
+                     num_warps=fwd["num_warps"], num_stages=pipeline_stages(torch.float32))  # fmt: skip
+    bwd = _GPU_CONFIG["backward"]
+    consts = {"HAS_GRAD_ALPHA": True, "BLOCK_L": bwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": bwd["BLOCK_A"], "BLOCK_C": 16,
+              "N_A_CHUNKS": 256 // bwd["BLOCK_A"], "PRECISION": "tf32"}  # fmt: skip
     scalars = {"D": "i32", "L": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
     sig = {"grad_logits_ptr": f"*{act}", "grad_alpha_ptr": p, "feat_ptr": f"*{act}", "alpha_ptr": p, "context_ptr": p, "proj_w_ptr": f"*{act}", "proj_b_ptr": p,
            "ctx_w_ptr": p, "cls_w_ptr": p, "grad_feat_ptr": f"*{act}", "grad_z_ptr": p, "grad_ctx_partial_ptr": p, "grad_cls_partial_ptr": p,
            **scalars, **{k: "constexpr" for k in consts}}  # fmt: skip
-    yield KernelSpec("attention_pool", "_attention_pool_backward_kernel", _attention_pool_backward_kernel, sig, consts, **stages)
+    yield KernelSpec("attention_pool", "_attention_pool_backward_kernel", _attention_pool_backward_kernel, sig, consts,
+                     num_warps=bwd["num_warps"], num_stages=bwd["num_stages"])  # fmt: skip
     w = _GPU_WEIGHT_GRAD
     consts = {"BLOCK_L": w["BLOCK_L"], "BLOCK_A": w["BLOCK_A"], "BLOCK_D": w["BLOCK_D"], "PRECISION": "tf32"}
     sig = {"grad_z_ptr": p, "feat_ptr": f"*{act}", "grad_w_ptr": p, "grad_b_ptr": p, "B": "i32", "D": "i32", "L": "i32", "A": "i32", **{k: "constexpr" for k in consts}}

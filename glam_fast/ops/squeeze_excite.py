@@ -167,17 +167,18 @@ def _front_setup(
 
 @triton.jit
 def _collapse_grad(
-    z, valid, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols,
+    z, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols,
     BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """dz [P] = grad of the collapse pre-activation z at the tile's positions (zero where invalid),
-    from the grad of h0 through the projection; also returns the h0 grad rows [BLOCK_T, C] fp32."""
+    """dz [P] = grad of the collapse pre-activation z at the tile's positions, from the grad of h0
+    through the projection (zero outside the map: those rows / columns load as zero); also
+    returns the h0 grad rows [BLOCK_T, C] fp32."""
     dot_t = grad_h_seq.dtype.element_ty
     jc = j0 + tl.arange(0, BLOCK_J)
     g = tl.load(grad_h_seq + rows[:, None] * F + cols[None, :], mask=(rows < T)[:, None] & (cols < F)[None, :], other=0.0)
     w = tl.load(proj_w_ptr + (d * F + cols[:, None]) * (J + J // 3) + jc[None, :], mask=(cols < F)[:, None] & (jc < J)[None, :], other=0.0)
     dcol = tl.dot(g, w.to(dot_t), input_precision=PRECISION)  # [BLOCK_T, BLOCK_J]
-    dz = tl.where(valid & (z > 0.0), tl.reshape(dcol, [BLOCK_T * BLOCK_J]), 0.0)
+    dz = tl.where(z > 0.0, tl.reshape(dcol, [BLOCK_T * BLOCK_J]), 0.0)
     return dz, g.to(tl.float32)
 
 
@@ -340,7 +341,7 @@ def _squeeze_excite_backward_head_kernel(
             valid = (t < T) & (j < J)
             y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
             z = tl.sum(y * collapse_w[None, :], axis=1) + collapse_b
-            dz, g = _collapse_grad(z, valid, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)
+            dz, g = _collapse_grad(z, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)
             y_dz += tl.sum(dz[:, None] * y, axis=0)
             grad_cb += dz
             collapsed = tl.reshape(tl.where(valid, tl.maximum(z, 0.0), 0.0), [BLOCK_T, BLOCK_J]).to(dot_t)
@@ -369,14 +370,24 @@ def _squeeze_excite_backward_head_kernel(
 
 @triton.jit
 def _grad_bn_output(
-    y_pre, z, valid, branch, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count, keep0, keep1, keep2,
+    y_pre, z, scale, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
     d, T, F, J, cols, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """dn [P, C]: grad of the BatchNorm outputs at the tile's positions, through the collapse
-    (z) and the squeeze (a mean over all positions); y_pre = n * keep."""
-    dz, _ = _collapse_grad(z, valid, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)
+    """scale * dn [P, C]: dn the grad of the BatchNorm outputs at the tile's positions, through the
+    collapse (z) and the squeeze (a mean over all positions); y_pre = n * keep; scale [P, C] a
+    per-position factor (keep, or keep * gamma * invstd). Zero outside the map, where the
+    patches, hence y_pre, are zero."""
+    dz, _ = _collapse_grad(z, rows, j0, grad_h_seq, proj_w_ptr, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)
     dy = dz[:, None] * collapse_w[None, :] + grad_squeeze[None, :] * inv_count
-    return tl.where(valid[:, None] & (y_pre > 0.0), dy * _select_branch(branch, keep0, keep1, keep2), 0.0)
+    return tl.where(y_pre > 0.0, dy * scale, 0.0)
+
+
+@triton.jit
+def _bias_rows(is_bias, tap_branch, v0, v1, v2):
+    """[32, C]: per-branch vectors v_b in the GEMM's bias rows, zeros elsewhere. The patches carry
+    a one-hot of the position's branch in those rows, so patches @ this selects v_branch per
+    position (and zero outside the map) on the tensor cores."""
+    return tl.where(is_bias[:, None], _select_branch(tap_branch, v0, v1, v2), 0.0)
 
 
 @triton.jit
@@ -387,7 +398,9 @@ def _squeeze_excite_backward_bn_kernel(
     B, T, M, F, eps,
     HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Per program and branch: sums of dn and dn * xhat (the BatchNorm beta and gamma grads)."""
+    """Per program and branch: sums of dn and dn * xhat (the BatchNorm beta and gamma grads).
+    Both the per-branch dropout scale and the per-branch sums go through the GEMM's bias rows
+    (the one-hot of each position's branch): patches @ keep rows, patches^T @ dn."""
     b = tl.program_id(0)
     d = tl.program_id(1)
     dot_t = x_ptr.dtype.element_ty
@@ -396,9 +409,10 @@ def _squeeze_excite_backward_bn_kernel(
     _, w_fold, w_xhat, _, _, _, keep0, keep1, keep2 = _front_setup(
         time_w_ptr, freq_w_ptr, square_w_ptr, branch_b_ptr, bn_w_ptr, bn_b_ptr, mean_ptr, var_ptr, mask_ptr, d, b, B, F, eps, cols, HAS_MASK
     )
+    k, tap_branch, dt, dm, is_bias = _tap_geometry()
     w_fold = w_fold.to(dot_t)
     w_xhat = w_xhat.to(dot_t)
-    _, tap_branch, dt, dm, is_bias = _tap_geometry()
+    w_keep = _bias_rows(is_bias, tap_branch, keep0, keep1, keep2).to(dot_t)
     x_seq = x_ptr + b * T * M
     grad_h_seq = grad_h_ptr + (d * B + b) * T * F
     squeeze = _load_vec(squeeze_ptr + (d * B + b) * F, cols, F)
@@ -407,36 +421,25 @@ def _squeeze_excite_backward_bn_kernel(
     collapse_b = tl.load(col_b_ptr + d).to(tl.float32)
     grad_squeeze = _load_vec(grad_squeeze_ptr + (d * B + b) * F, cols, F)
     inv_count = 1.0 / (T * J)
-    zero = tl.zeros([BLOCK_F], dtype=tl.float32)
-    dn0, dnx0, dn1, dnx1, dn2, dnx2 = zero, zero, zero, zero, zero, zero
+    sum_dn = tl.zeros([32, BLOCK_F], dtype=tl.float32)
+    sum_dn_xhat = tl.zeros([32, BLOCK_F], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         for j0 in range(0, J, BLOCK_J):
-            t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
-            valid = (t < T) & (j < J)
             patches = _patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J)
             y_pre = tl.dot(patches, w_fold, input_precision=PRECISION)
             z = tl.sum(tl.maximum(y_pre, 0.0) * collapse_w[None, :], axis=1) + collapse_b
-            dn = _grad_bn_output(y_pre, z, valid, branch, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
-                                 keep0, keep1, keep2, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
-            dnx = dn * tl.dot(patches, w_xhat, input_precision=PRECISION)
-            sel = (branch == 0)[:, None]
-            dn0 += tl.sum(tl.where(sel, dn, 0.0), axis=0)
-            dnx0 += tl.sum(tl.where(sel, dnx, 0.0), axis=0)
-            sel = (branch == 1)[:, None]
-            dn1 += tl.sum(tl.where(sel, dn, 0.0), axis=0)
-            dnx1 += tl.sum(tl.where(sel, dnx, 0.0), axis=0)
-            sel = (branch == 2)[:, None]
-            dn2 += tl.sum(tl.where(sel, dn, 0.0), axis=0)
-            dnx2 += tl.sum(tl.where(sel, dnx, 0.0), axis=0)
-    # (2, B, 3, 2, BLOCK_F): [sum dn, sum dn * xhat] per branch
-    out = sums_ptr + (d * B + b) * 6 * BLOCK_F + cols
-    tl.store(out, dn0)
-    tl.store(out + BLOCK_F, dnx0)
-    tl.store(out + 2 * BLOCK_F, dn1)
-    tl.store(out + 3 * BLOCK_F, dnx1)
-    tl.store(out + 4 * BLOCK_F, dn2)
-    tl.store(out + 5 * BLOCK_F, dnx2)
+            keep = tl.dot(patches, w_keep, input_precision=PRECISION)
+            dn = _grad_bn_output(y_pre, z, keep, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
+                                 d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
+            xhat = tl.dot(patches, w_xhat, input_precision=PRECISION)
+            patches_t = tl.trans(patches)
+            sum_dn = tl.dot(patches_t, dn.to(dot_t), sum_dn, input_precision=PRECISION)
+            sum_dn_xhat = tl.dot(patches_t, (dn * xhat).to(dot_t), sum_dn_xhat, input_precision=PRECISION)
+    # (2, B, 3, 2, BLOCK_F): [sum dn, sum dn * xhat] per branch, from bias rows 29..31
+    out = sums_ptr + (d * B + b) * 6 * BLOCK_F + (k[:, None] - 29) * 2 * BLOCK_F + cols[None, :]
+    tl.store(out, sum_dn, mask=is_bias[:, None])
+    tl.store(out + BLOCK_F, sum_dn_xhat, mask=is_bias[:, None])
 
 
 @triton.jit
@@ -449,8 +452,9 @@ def _squeeze_excite_backward_conv_kernel(
     BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """du (grad of the conv outputs) through BatchNorm; per-program grads of the 32 GEMM rows (taps
-    and biases), and with NEED_INPUT_GRAD the per-position tap grads sum_c W[k, c] du[p, c]
-    (2, B, T, M, 32) fp32, position (t, b*M + m) writing its branch's taps at [t, m]."""
+    and biases) = patches^T du, and with NEED_INPUT_GRAD the per-position tap grads
+    sum_c W[k, c] du[p, c] (2, B, T, M, 32) fp32, position (t, b*M + m) writing its branch's taps
+    at [t, m]."""
     b = tl.program_id(0)
     d = tl.program_id(1)
     dot_t = x_ptr.dtype.element_ty
@@ -460,8 +464,6 @@ def _squeeze_excite_backward_conv_kernel(
         time_w_ptr, freq_w_ptr, square_w_ptr, branch_b_ptr, bn_w_ptr, bn_b_ptr, mean_ptr, var_ptr, mask_ptr, d, b, B, F, eps, cols, HAS_MASK
     )
     w_conv_t = tl.trans(w_conv.to(dot_t))
-    w_fold = w_fold.to(dot_t)
-    w_xhat = w_xhat.to(dot_t)
     k, tap_branch, dt, dm, is_bias = _tap_geometry()
     x_seq = x_ptr + b * T * M
     grad_h_seq = grad_h_ptr + (d * B + b) * T * F
@@ -471,7 +473,8 @@ def _squeeze_excite_backward_conv_kernel(
     collapse_b = tl.load(col_b_ptr + d).to(tl.float32)
     grad_squeeze = _load_vec(grad_squeeze_ptr + (d * B + b) * F, cols, F)
     inv_count = 1.0 / (T * J)
-    # BatchNorm training backward: du = g*invstd * (dn - mean(dn) - xhat * mean(dn * xhat))
+    # BatchNorm training backward: du = g*invstd * (dn - mean(dn) - xhat * mean(dn * xhat)); the
+    # two mean terms are per branch and linear in the patches: one GEMM with w_bc
     inv_n = 1.0 / (B * T * M)
     sums = sums_ptr + d * 6 * BLOCK_F
     mdn0 = gi0 * _load_vec(sums, cols, F) * inv_n
@@ -480,27 +483,26 @@ def _squeeze_excite_backward_conv_kernel(
     mdx1 = gi1 * _load_vec(sums + 3 * BLOCK_F, cols, F) * inv_n
     mdn2 = gi2 * _load_vec(sums + 4 * BLOCK_F, cols, F) * inv_n
     mdx2 = gi2 * _load_vec(sums + 5 * BLOCK_F, cols, F) * inv_n
+    w_bc = (w_xhat * _select_branch(tap_branch, mdx0, mdx1, mdx2) + _bias_rows(is_bias, tap_branch, mdn0, mdn1, mdn2)).to(dot_t)
+    w_fold = w_fold.to(dot_t)
     grad_rows = tl.zeros([32, BLOCK_F], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         for j0 in range(0, J, BLOCK_J):
             t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
-            valid = (t < T) & (j < J)
             patches = _patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J)
             y_pre = tl.dot(patches, w_fold, input_precision=PRECISION)
             z = tl.sum(tl.maximum(y_pre, 0.0) * collapse_w[None, :], axis=1) + collapse_b
-            dn = _grad_bn_output(y_pre, z, valid, branch, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
-                                 keep0, keep1, keep2, d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
-            du = dn * _select_branch(branch, gi0, gi1, gi2)
+            gain = _select_branch(branch, gi0 * keep0, gi1 * keep1, gi2 * keep2)  # exact fp32: the main term
+            du = _grad_bn_output(y_pre, z, gain, rows, j0, grad_h_seq, proj_w_ptr, collapse_w, grad_squeeze, inv_count,
+                                 d, T, F, J, cols, BLOCK_T, BLOCK_J, PRECISION)  # fmt: skip
             if TRAINING:
-                xhat = tl.dot(patches, w_xhat, input_precision=PRECISION)
-                du -= _select_branch(branch, mdn0, mdn1, mdn2) + xhat * _select_branch(branch, mdx0, mdx1, mdx2)
-                du = tl.where(valid[:, None], du, 0.0)
+                du -= tl.dot(patches, w_bc, input_precision=PRECISION)  # zero outside the map too
             du = du.to(dot_t)
             grad_rows = tl.dot(tl.trans(patches), du, grad_rows, input_precision=PRECISION)
             if NEED_INPUT_GRAD:
                 taps = tl.dot(du, w_conv_t, input_precision=PRECISION)  # [P, 32]
-                own = (valid[:, None] & (branch[:, None] == tap_branch[None, :])) & ~is_bias[None, :]
+                own = (((t < T) & (j < J))[:, None] & (branch[:, None] == tap_branch[None, :])) & ~is_bias[None, :]
                 row = (d * B + b).to(tl.int64) * T + t[:, None]  # the buffer outgrows int32 at large B * T
                 dst = tap_grad_ptr + (row * M + m[:, None]) * 32 + k[None, :]
                 tl.store(dst, taps, mask=own)
@@ -550,18 +552,21 @@ def _squeeze_excite_input_grad_kernel(
 # Launch configuration
 # ----------------------------------------------------------------------------------------------
 
-# GPU: 16 rows x 16 columns = 256 positions per tile: the [256, 64] fp32 activation tile plus its
-# [256, 32] patch operand fit in registers at 8 warps; the 117 columns take 8 chunks.
+# GPU: 16 rows x 16 columns = 256 positions per tile (the smallest tile tl.dot allows for the
+# projection / collapse-grad GEMMs); the 117 columns take 8 chunks. The [256, 64] fp32 position
+# tiles need 8 warps: the forward kernels then fit in registers; the backward kernels, holding
+# 3-4 such tiles at once, spill 0.3-0.9 KB per thread. Backward kernels take one pipeline stage:
+# with two or more, ptxas for sm_80 drops to 32 registers and spills 4+ KB.
 _GPU_TILE = (16, 16, 8)  # BLOCK_T, BLOCK_J, num_warps
-_GPU_INPUT_GRAD = (16, 4)
+_GPU_INPUT_GRAD = (16, 8)
 _INTERPRETER_TILE_POSITIONS = 16384
 
 
-def _front_config(length: int, mfcc: int, dtype: torch.dtype) -> dict:
+def _front_config(length: int, mfcc: int, dtype: torch.dtype, backward: bool = False) -> dict:
     """BLOCK_T, BLOCK_J, num_warps, num_stages of the front-end kernels."""
     if not interpreting():
         block_t, block_j, warps = _GPU_TILE
-        return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": warps, "num_stages": pipeline_stages(dtype)}
+        return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": warps, "num_stages": 1 if backward else pipeline_stages(dtype)}
     block_j = triton.next_power_of_2(3 * mfcc)
     block_t = max(16, min(triton.next_power_of_2(length), _INTERPRETER_TILE_POSITIONS // block_j))
     return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": 4, "num_stages": 1}
@@ -708,7 +713,7 @@ def squeeze_excite_backward(
     channels = squeeze_bias.shape[-1]
     device = x.device
     block_f = _pow2(channels)
-    tiles = _front_config(length, mfcc, x.dtype)
+    tiles = _front_config(length, mfcc, x.dtype, backward=True)
     precision = dot_precision(x.dtype)
     t = [v.contiguous() for v in (grad_h0, x, squeeze, time_weight, freq_weight, square_weight, branch_bias, bn_weight, bn_bias, mean, var,
                                   squeeze_weight, squeeze_bias, excite_weight, excite_bias, collapse_weight, collapse_bias, project_weight)]  # fmt: skip
@@ -866,16 +871,16 @@ def _compile_specs():
                          num_warps=warps, num_stages=pipeline_stages(dtype))  # fmt: skip
     sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "proj_partial_ptr": p, "collapse_partial_ptr": p,
            "excite_partial_ptr": p, **setup, **head, **scalars, "eps": "fp32", **const(fwd_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_head_kernel", _squeeze_excite_backward_head_kernel, sig, fwd_consts, num_warps=warps)
+    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_head_kernel", _squeeze_excite_backward_head_kernel, sig, fwd_consts, num_warps=warps, num_stages=1)
     bn_consts = {"HAS_MASK": True, **tiles}
     sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, **setup, **head, **scalars, "eps": "fp32",
            **const(bn_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_bn_kernel", _squeeze_excite_backward_bn_kernel, sig, bn_consts, num_warps=warps)
+    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_bn_kernel", _squeeze_excite_backward_bn_kernel, sig, bn_consts, num_warps=warps, num_stages=1)
     conv_consts = {"TRAINING": True, "HAS_MASK": True, "NEED_INPUT_GRAD": True, **tiles}
     sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, "conv_partial_ptr": p, "tap_grad_ptr": p,
            **setup, **head, **scalars, "eps": "fp32", **const(conv_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_conv_kernel", _squeeze_excite_backward_conv_kernel, sig, conv_consts, num_warps=warps)
+    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_conv_kernel", _squeeze_excite_backward_conv_kernel, sig, conv_consts, num_warps=warps, num_stages=1)
     block_t_x, warps_x = _GPU_INPUT_GRAD
     dx_consts = {"BLOCK_T": block_t_x, "BLOCK_M": 64, "BLOCK_F": 64, "PRECISION": "tf32"}
     sig = {"tap_grad_ptr": p, "grad_h_ptr": f"*{act}", "proj_w_ptr": p, "grad_x_ptr": f"*{act}", **scalars, **const(dx_consts)}
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_input_grad_kernel", _squeeze_excite_input_grad_kernel, sig, dx_consts, num_warps=warps_x)
+    yield KernelSpec("squeeze_excite", "_squeeze_excite_input_grad_kernel", _squeeze_excite_input_grad_kernel, sig, dx_consts, num_warps=warps_x, num_stages=1)
