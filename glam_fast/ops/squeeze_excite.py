@@ -253,7 +253,6 @@ def _squeeze_excite_forward_kernel(
     total = tl.zeros([BLOCK_F], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
         for j0 in range(0, J, BLOCK_J):
-            t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
             total += tl.sum(y, axis=0)
     squeeze = total / (T * J)
@@ -272,7 +271,6 @@ def _squeeze_excite_forward_kernel(
         x_tile = tl.load(x_seq + x_rows[:, None] * M + mm[None, :], mask=(rows < T)[:, None] & (mm < M)[None, :], other=0.0)
         acc = tl.dot(x_tile, proj_x, input_precision=PRECISION) + proj_b[None, :]
         for j0 in range(0, J, BLOCK_J):
-            t, j, branch, m = _positions(t0, j0, M, BLOCK_T, BLOCK_J)
             y = tl.maximum(tl.dot(_patches(x_seq, d == 1, t0, j0, T, M, tap_branch, dt, dm, is_bias, BLOCK_T, BLOCK_J), w_fold, input_precision=PRECISION), 0.0)
             z = tl.sum(y * collapse_w[None, :], axis=1) + collapse_b
             collapsed = tl.reshape(tl.maximum(z, 0.0), [BLOCK_T, BLOCK_J]).to(dot_t)
