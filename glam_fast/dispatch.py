@@ -25,6 +25,10 @@ BACKENDS = ("auto", "torch", "triton", "cuda")
 ENV_VAR = "GLAM_FAST_BACKEND"
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("glam_fast_backend", default=None)
+# Mirror of the innermost backend() block as a plain global: torch.compile cannot trace the
+# ContextVar, but it guards on globals, so a compiled model is retraced when the request changes.
+# (Process-wide: compiling under different backends in concurrent threads is not supported.)
+_compile_request: str | None = None
 _implementations: dict[tuple[str, str], Callable] = {}
 
 class BackendUnavailableError(RuntimeError):
@@ -53,11 +57,15 @@ def backend(name: str) -> Iterator[str]:
     Checks happen when an op runs (availability depends on the tensor's device), so entering
     ``backend("triton")`` on a machine without Triton is fine until a model is called.
     """
-    token = _requested.set(_validate(name, "backend"))
+    global _compile_request
+    value = _validate(name, "backend")
+    token = _requested.set(value)
+    previous, _compile_request = _compile_request, value
     try:
-        yield _requested.get()
+        yield value
     finally:
         _requested.reset(token)
+        _compile_request = previous
 
 
 def register(op: str, backend_name: str) -> Callable[[Callable], Callable]:
@@ -158,9 +166,34 @@ def resolve(
     that backend, without side effects. Without a bucket there is no measurement to use, and
     ``auto`` does not pick ``cuda``.
 
+    Under ``torch.compile`` the choice is made while tracing and becomes a constant of the graph;
+    the graph is guarded on the ``backend()`` request (a different request retraces), but not on
+    ``GLAM_FAST_BACKEND``, which is read once at trace time.
+
     Raises :class:`BackendUnavailableError` when a backend was asked for explicitly and cannot
     run this op there.
     """
+    if torch.compiler.is_compiling():
+        device = torch.device(device)
+        request = _compile_request  # a guarded global read: see its definition
+        return _resolve_while_compiling(op, device.type, -1 if device.index is None else device.index, request or "")
+    return _resolve(op, device, bucket, runner)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_while_compiling(op: str, device_type: str, device_index: int, request: str) -> str:
+    device = torch.device(device_type) if device_index < 0 else torch.device(device_type, device_index)
+    with backend(request) if request else contextlib.nullcontext():
+        return _resolve(op, device)
+
+
+def _resolve(
+    op: str,
+    device: torch.device | str,
+    bucket: str | None = None,
+    runner: Callable[[str], Callable[[], object]] | None = None,
+) -> str:
+    """:func:`resolve` outside of torch.compile tracing."""
     device = torch.device(device)
     requested = requested_backend()
     if requested == "auto":

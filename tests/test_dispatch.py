@@ -103,3 +103,19 @@ def test_backend_status_lists_every_concrete_backend():
 def test_auto_on_cuda_prefers_a_fused_backend(dummy_op):
     with glam_fast.backend("auto"):
         assert dispatch.resolve(dummy_op, torch.device("cuda")) == "triton"
+
+
+def test_models_compile_fullgraph_through_the_dispatch_point():
+    """Dynamo cannot trace the ContextVar behind the request: resolve() must still compile."""
+    torch.manual_seed(0)
+    model = glam_fast.MSSENet(n_blocks=2).eval()
+    x = torch.randn(2, 9, 39)
+    with glam_fast.backend("torch"):
+        expected = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), expected)
+    # the compiled graph must not keep running the torch path once another backend is asked for
+    with glam_fast.backend("cuda"), pytest.raises(Exception, match="backend 'cuda' cannot run 'mssenet'"):
+        compiled(x)
+    with glam_fast.backend("cuda"), pytest.raises(Exception, match="backend 'cuda' cannot run 'mssenet'"):
+        torch.compile(glam_fast.MSSENet(n_blocks=2).eval(), fullgraph=True, backend="eager")(x)
