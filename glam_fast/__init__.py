@@ -9,5 +9,6 @@ from glam_fast._version import __version__
 from glam_fast.dispatch import BackendUnavailableError, backend
 from glam_fast.info import info
 from glam_fast.models import AFCN, GLAM, MSSENet
+from glam_fast.optimize import optimize
 
-__all__ = ["AFCN", "GLAM", "MSSENet", "BackendUnavailableError", "__version__", "backend", "build_info", "info"]
+__all__ = ["AFCN", "GLAM", "MSSENet", "BackendUnavailableError", "__version__", "backend", "build_info", "info", "optimize"]

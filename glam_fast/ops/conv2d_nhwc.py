@@ -5,7 +5,8 @@ M = output pixels (B*H*W flattened), N = output channels, K = KH*KW taps x C inp
 The A operand is never materialised: each (BLOCK_M, BLOCK_K) tile of the virtual im2col matrix is
 gathered from the NHWC input (contiguous along C), zero outside the image. The weights are
 packed once, K-major, as a (K_pad, N) matrix with row k = tap * C + c (tap = kh * KW + kw) and
-K_pad a multiple of 64 filled with zero rows.
+K_pad a multiple of K_ALIGN filled with zero rows. A small per-layer table (:func:`tap_table`)
+gives each k its (dh, dw) shift and element offset, so the K loop does no index arithmetic.
 
 Epilogues (constexpr flags of one forward kernel):
   * bias, then ReLU;
@@ -57,6 +58,7 @@ FORWARD_CONFIGS = [
     _config(256, 32, 16, 8, 4),
 ]
 WEIGHT_GRAD_CONFIGS = [
+    _config(128, 128, 128, 8, 2),
     _config(128, 128, 64, 8, 3),
     _config(64, 64, 64, 4, 3),
     _config(128, 32, 64, 4, 3),
@@ -80,8 +82,9 @@ def fit_shared_memory(config: triton.Config, element_bytes: int) -> triton.Confi
 
 def prune_configs(configs, c: int, n: int, element_bytes: int) -> list:
     """The candidates worth trying for C input / N output channels (at least one is kept):
-    BLOCK_N at most twice what N needs; when C is a multiple of 16, only BLOCK_K that divide C
-    (single-tap slices, vectorised gathers), at least min(C, 32); stages fitted to shared memory."""
+    BLOCK_N at most N's next power of two (32 at least); when C is a multiple of 16, only BLOCK_K
+    that divide C (single-tap slices, vectorised gathers) and at least min(C, 32); stages fitted
+    to shared memory. The autotuner and the compile report both use this."""
     width = max(32, triton.next_power_of_2(n))
     kept = [cfg for cfg in configs if cfg.kwargs["BLOCK_N"] <= width]
     if c % 16 == 0:
