@@ -242,7 +242,7 @@ def _launch_forward(x, conv_a_weight, conv_a_bias, conv_b_weight, conv_b_bias, o
     c = conv_a_weight.shape[0]
     mean, var, gamma, beta = bn if bn is not None else (moments,) * 4
     _stem_forward_kernel[(triton.cdiv(m, _BLOCK_M),)](
-        x, conv_a_weight, conv_a_bias, conv_b_weight, conv_b_bias, mean, var, gamma, beta,
+        x, conv_a_weight.contiguous(), conv_a_bias, conv_b_weight.contiguous(), conv_b_bias, mean, var, gamma, beta,
         out, moments if moments is not None else out, height, width, m, c, eps,
         STATS=moments is not None, BLOCK_M=_BLOCK_M, BLOCK_C=_block_c(c), num_warps=_NUM_WARPS,
     )  # fmt: skip
@@ -287,7 +287,7 @@ def _stem_backward_op(
     m = batch * height * width
     tiles = triton.cdiv(m, _BLOCK_M)
     grad_out = grad_out.contiguous()
-    params = (x, conv_a_weight, conv_a_bias, conv_b_weight, conv_b_bias, mean, var, bn_weight, bn_bias, grad_out)
+    params = (x, conv_a_weight.contiguous(), conv_a_bias, conv_b_weight.contiguous(), conv_b_bias, mean, var, bn_weight, bn_bias, grad_out)
     partial = empty_output((tiles, 4 * c), dtype=torch.float32, device=x.device)
     _stem_backward_sums_kernel[(tiles,)](*params, partial, height, width, m, c, eps, BLOCK_M=_BLOCK_M, BLOCK_C=_block_c(c), num_warps=_NUM_WARPS)
     sums = sum_partials(partial)  # [sum dz ; sum dz * xhat], 2C each
