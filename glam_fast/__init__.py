@@ -9,6 +9,7 @@ from glam_fast._version import __version__
 from glam_fast.dispatch import BackendUnavailableError, backend
 from glam_fast.info import info
 from glam_fast.models import AFCN, GLAM, MSSENet
+from glam_fast.optimize import optimize
 
 __all__ = [
     "AFCN",
@@ -25,6 +26,7 @@ __all__ = [
     "MSSENetRecipe",
     "AFCNRecipe",
     "load_pretrained",
+    "optimize",
 ]
 
 # Imported on first access, so `import glam_fast` stays fast and needs neither soundfile nor soxr.

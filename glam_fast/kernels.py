@@ -30,7 +30,10 @@ class KernelSpec:
     """One kernel at one launch configuration.
 
     ``signature`` maps every argument name to a Triton type ('*fp32', '*bf16', 'i32', 'fp32', ...)
-    or 'constexpr'; ``constexprs`` gives the value of each constexpr argument.
+    or 'constexpr'; ``constexprs`` gives the value of each constexpr argument. As Triton's launcher
+    does for 16-byte-aligned tensors, pointer arguments are compiled as 16-byte aligned; integer
+    arguments named in ``multiple_of_16`` are compiled as multiples of 16 (the launcher specialises
+    such values; name only those that are multiples of 16 in every launch the spec stands for).
     """
 
     op: str
@@ -40,6 +43,7 @@ class KernelSpec:
     constexprs: dict[str, object] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    multiple_of_16: tuple[str, ...] = ()
 
 
 def register_compile_specs(provider: Callable[[], Iterable[KernelSpec]]) -> Callable[[], Iterable[KernelSpec]]:
@@ -92,7 +96,10 @@ def compile_kernel(spec: KernelSpec, arch: int) -> dict:
 
     row = {"op": spec.op, "kernel": spec.name, "arch": arch, "num_warps": spec.num_warps, "num_stages": spec.num_stages}
     try:
-        source = ASTSource(fn=_jit_function(spec.kernel), signature=dict(spec.signature), constexprs=dict(spec.constexprs))
+        fn = _jit_function(spec.kernel)
+        divisible = [[["tt.divisibility", 16]] if t.startswith("*") or name in spec.multiple_of_16 else None for name, t in spec.signature.items()]
+        attrs = {(fn.arg_names.index(name),): d for name, d in zip(spec.signature, divisible) if d is not None}
+        source = ASTSource(fn=fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs), attrs=attrs)
         compiled = triton.compile(
             source, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps, "num_stages": spec.num_stages}
         )

@@ -2,8 +2,12 @@
 
 import os
 
-import pytest
-import torch
+# The interpreter runs tl.dot through numpy; a multi-threaded OpenBLAS on 2 shared cores makes a
+# 128x64x128 matmul ~500x slower than one thread does. Must be set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Must be set before any Triton kernel is defined (glam_fast.ops imports define them).
 if not torch.cuda.is_available():

@@ -1,11 +1,12 @@
 """Fused ops: one file per op holding its kernels, launchers, autograd Function and reference.
 
-Importing this package registers the fused implementations with :mod:`glam_fast.dispatch`.
-Without Triton the Triton imports are skipped, so ``import glam_fast`` and the PyTorch backend
-still work.
+Importing this package registers every op with torch.library, its kernels with
+glam_fast.kernels (compile report) and the fused model implementations with glam_fast.dispatch.
+Without Triton the Triton ops are skipped, so ``import glam_fast`` and the PyTorch backend still
+work (the CUDA C++ ops need only torch to import).
 """
 
-from glam_fast.ops import cuda_kernels  # noqa: F401  (CUDA C++ kernels; needs only torch to import)
+from glam_fast.ops import cuda_kernels  # noqa: F401
 
 try:
     import triton  # noqa: F401
@@ -13,4 +14,15 @@ except ImportError:  # the Triton ops need triton; `import glam_fast` must work 
     triton = None
 
 if triton is not None:
-    from glam_fast.ops import afcn_forward, global_fusion, mssenet_forward  # noqa: F401  (register "afcn" / "mssenet")
+    from glam_fast.ops import (  # noqa: F401
+        afcn_forward,
+        batch_norm_nhwc,
+        conv2d_nhwc,
+        conv_bn_relu,
+        glam_forward,
+        global_fusion,
+        multiscale_block,
+        mssenet_forward,
+        partial_sums,
+        stem,
+    )

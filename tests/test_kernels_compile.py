@@ -1,0 +1,84 @@
+"""Every registered Triton kernel compiles for sm_80 and sm_90 (no GPU needed), at the block
+sizes, warps and stages its launcher (or autotuner, after pruning) uses: no failure, no register
+spills (unless explained below), shared memory within the architecture's limit."""
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("triton")
+
+import triton  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import glam_fast.ops  # noqa: E402
+from glam_fast.kernels import compile_report, format_report, kernel_specs  # noqa: E402
+
+ARCHS = (80, 90)
+# kernel name -> why its spill is acceptable. Empty: no kernel spills.
+EXPLAINED_SPILLS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def reports():
+    # compile_report runs in a child process (the tests set TRITON_INTERPRET): both archs at once
+    with ThreadPoolExecutor(len(ARCHS)) as pool:
+        return dict(zip(ARCHS, pool.map(compile_report, ARCHS)))
+
+
+def _op_modules():
+    return [m for name, m in inspect.getmembers(glam_fast.ops, inspect.ismodule) if name != "utils"]
+
+
+_TRITON_OBJECTS = (triton.JITFunction, InterpretedFunction, triton.runtime.Autotuner, triton.runtime.Heuristics)
+
+
+def _python_function(obj):
+    """The Python function under a jit / interpreted / autotuned / heuristics-wrapped kernel."""
+    while hasattr(obj, "fn"):
+        obj = obj.fn
+    return obj
+
+
+def _is_kernel(fn) -> bool:
+    """A kernel (launched from the host), not a @triton.jit helper: helpers return values."""
+    return "return" not in inspect.getsource(fn).split('"""')[-1]
+
+
+def test_every_kernel_of_every_op_module_has_a_compile_spec():
+    specified = {_python_function(spec.kernel) for spec in kernel_specs()}
+    for module in _op_modules():
+        for name, obj in vars(module).items():
+            if isinstance(obj, _TRITON_OBJECTS):
+                fn = _python_function(obj)
+                if fn.__module__ == module.__name__ and _is_kernel(fn):
+                    assert fn in specified, f"{module.__name__}.{name} is launched but has no KernelSpec"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiles_without_spills_within_shared_memory(reports, arch):
+    rows = reports[arch]
+    assert len(rows) == len(kernel_specs())
+    print(format_report(rows))
+    failed = [f"{r['op']}.{r['kernel']}: {r['error']}" for r in rows if not r["ok"]]
+    assert not failed, "\n".join(failed)
+    for row in rows:
+        name = f"{row['op']}.{row['kernel']}"
+        assert row["registers"] is not None and row["registers"] <= 255, name
+        assert row["spill_bytes"] == 0 or name in EXPLAINED_SPILLS, f"{name} spills {row['spill_bytes']} bytes"
+        assert row["shared_fits"], f"{name} needs {row['shared_bytes']} bytes of shared memory"
+
+
+def test_cli_prints_the_report_and_fails_on_a_failed_compile(monkeypatch, capsys):
+    from glam_fast import cli, kernels
+
+    row = {"op": "stem", "kernel": "_k", "arch": 90, "num_warps": 4, "num_stages": 3, "ok": True,
+           "registers": 40, "spill_bytes": 0, "stack_bytes": 0, "shared_bytes": 0, "shared_fits": True}  # fmt: skip
+    monkeypatch.setattr(kernels, "compile_report", lambda arch: [dict(row, arch=arch)])
+    assert cli.main(["info", "--kernels", "--arch", "80", "90"]) == 0
+    printed = capsys.readouterr().out
+    assert "_k" in printed and " 80 " in printed and " 90 " in printed
+    monkeypatch.setattr(kernels, "compile_report", lambda arch: [dict(row, ok=False, error="CompilationError: boom")])
+    assert cli.main(["info", "--kernels", "--arch", "90"]) == 1
+    assert "FAILED: CompilationError: boom" in capsys.readouterr().out
