@@ -72,7 +72,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for model in models
         for mode in MODES
         for variant in variants
-        for dtype in registry.DTYPES
+        for dtype in VARIANTS[variant].dtypes or registry.DTYPES
         for batch in suite.batches
     ]
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

@@ -21,7 +21,8 @@ from bench.environment import RESULTS_DIR, SCHEMA, environment, result_filename,
 
 BENCH_DIR = Path(__file__).resolve().parent
 QUICK_ENV = "GLAM_FAST_BENCH_QUICK"
-# Filled by the suites: {"models": {name: FLOPs per item, item shape, ...}, "skipped": [case + reason]}
+# {"environment": ..., "models": {name: FLOPs per item, item shape, ...}, "skipped": [case + reason]},
+# filled by the suites and written into the result file.
 RUN_INFO = pytest.StashKey[dict]()
 
 
@@ -85,9 +86,10 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = config.getoption("bench_threads")
     if threads:
         torch.set_num_threads(threads)
-    config.stash[RUN_INFO] = {"models": {}, "skipped": []}
+    # Read once, at the start: the commit (and its clean state) the numbers were measured at.
+    env = environment(torch.device("cpu"))
+    config.stash[RUN_INFO] = {"environment": env, "models": {}, "skipped": []}
     if getattr(config.option, "benchmark_json", None) is None and not getattr(config.option, "benchmark_disable", False):
-        env = environment(torch.device("cpu"))
         cpu = env["device_slug"].removeprefix("cpu-")
         name = result_filename(f"cpu-{_suite_label(config)}-{'quick-' if is_quick(config) else ''}", {**env, "device_slug": cpu}, utc_now())
         config.option.benchmark_json = _JsonOnWrite(Path(config.getoption("bench_results")) / name)
@@ -100,6 +102,5 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "profile": "quick" if is_quick(config) else "full",
         "note": config.getoption("bench_note"),
         "command": "python -m pytest " + " ".join(config.invocation_params.args),
-        "environment": environment(torch.device("cpu")),
         **config.stash[RUN_INFO],
     }

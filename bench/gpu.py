@@ -222,7 +222,8 @@ class Runner:
                     batches = self.args.variant_batches.get(name) or variant.batches or self.args.batches
                     batches = tuple(b for b in self.args.batches if b in batches)
                     for dtype in dtypes:
-                        if dtype in self.profile.variant_dtypes.get(name, dtypes) and batches:
+                        allowed = self.profile.variant_dtypes.get(name) or variant.dtypes or dtypes
+                        if dtype in allowed and batches:
                             configs.append(Config(MODELS[model], mode, variant, dtype, batches))
 
         def order(c: Config) -> tuple:

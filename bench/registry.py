@@ -182,6 +182,7 @@ class Variant:
         dynamic: ``torch.compile``'s ``dynamic`` argument (None: torch's default).
         cost: run order; cheaper classes run first so a time budget drops the costly ones.
         batches: only these batch sizes (None: all requested); the GPU runner can override.
+        dtypes: only these dtypes (None: all requested).
         cpu_suite: included in the CPU pytest-benchmark suite.
         build: optional custom builder ``(model, options) -> callable(*args) -> logits``
             replacing the standard one (e.g. a CUDA-graph wrapper).
@@ -195,6 +196,7 @@ class Variant:
     dynamic: bool | None = None
     cost: int = 0
     batches: tuple[int, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
     cpu_suite: bool = True
     build: Callable[[nn.Module, BuildOptions], Callable[..., torch.Tensor]] | None = field(default=None, compare=False)
 
