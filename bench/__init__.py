@@ -5,5 +5,7 @@ measured side by side on the same inputs, with every run kept as a JSON file und
 - ``bench_models.py`` (+ ``conftest.py``): the CPU suite, pytest-benchmark.
 - ``gpu.py``: the GPU runner, ``python -m bench.gpu --out DIR``.
 - ``report.py``: regenerates bench/README.md and the plots from all result files.
-- ``gpu_check.sh``: build, tests, compile report, GPU runner and report in one command.
+- ``gpu_check.sh``: build, tests, compile report, GPU runner and report in one command;
+  ``summary.py`` prints its closing table.
+- ``environment.py`` (devices, versions, commit, file names), ``timing.py`` (timer, ceilings).
 """

@@ -99,6 +99,7 @@ class SuiteState:
         self.references: dict[str, torch.nn.Module] = {}
         self.flops: dict[str, dict[str, float]] = {}
         self.memory: dict[tuple[str, str], float] = {}
+        self.available_memory = _available_memory()  # read once: the same limit for every case
         self.current: tuple | None = None
         self.step = None
 
@@ -156,9 +157,9 @@ def test_model_step(case: Case, benchmark, state: SuiteState):
         state.skip(case, reason, "unavailable")
     if variant.backend == "triton":  # on the CPU only under TRITON_INTERPRET=1
         state.skip(case, "TRITON_INTERPRET=1: interpreted Triton kernels are a correctness check, not something to time", "unavailable")
-    needed, available = state.memory_needed(case), _available_memory()
+    needed, available = state.memory_needed(case), state.available_memory
     if available is not None and needed > MEMORY_FRACTION * available:
-        state.skip(case, f"needs ~{needed / GiB:.1f} GiB of activations, {available / GiB:.1f} GiB available")
+        state.skip(case, f"needs ~{needed / GiB:.1f} GiB of activations, more than {MEMORY_FRACTION:.0%} of the {available / GiB:.1f} GiB available")
 
     step = state.step_for(case)
     call = registry.rotating(step, registry.make_batches(spec, state.suite.size, case.batch, "cpu", INPUT_BATCHES))

@@ -10,9 +10,9 @@
 #   --dry-run  the GPU runner in dry-run mode on the CPU (checks this script on a machine without a GPU)
 #   --stages   run only these stages (default: all, in the order above)
 #
-# Needs python with torch, triton, pybind11, CMake and pytest; no network. Optional packages that
-# are missing (soundfile, librosa, soxr, safetensors, pytest-benchmark, matplotlib) only make the
-# tests that need them skip. Wheels for missing pure-Python packages can be supplied in a folder
+# Needs python with torch, triton, pybind11, CMake and pytest; no network. Tests that need an
+# optional package the machine lacks (soundfile, librosa, soxr, safetensors, pytest-benchmark,
+# matplotlib) skip; `pytest -rs` lists them in the tests log. Wheels for missing pure-Python packages can be supplied in a folder
 # named by GLAM_FAST_WHEELS: they are installed with `pip --no-index --no-deps` into a temporary
 # folder put on PYTHONPATH. Other settings: PYTHON (default python3), GLAM_FAST_CUDA_ARCHS (default:
 # the GPU's own architecture), GLAM_FAST_GPU_ARGS (extra arguments for `python -m bench.gpu`),

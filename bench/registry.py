@@ -10,9 +10,14 @@ A measurement is (model, variant, dtype, mode, batch):
 - mode: ``inference`` (``torch.inference_mode()``, eval mode) or ``train`` (a full step:
   forward, cross-entropy, backward, Adam step, in train mode).
 
-Adding a variant is one :func:`register_variant` call; a glam_fast backend that registers an
-implementation through ``glam_fast.dispatch`` is picked up without any change here, and one that
-cannot run is reported with the reason ``dispatch.resolve`` gives, never run as something else.
+Adding a variant is one :func:`register_variant` call, e.g. fused kernels inside torch.compile::
+
+    register_variant(Variant("triton-compiled", "glam_fast Triton kernels under torch.compile",
+                             peer=False, backend="triton", compile_mode="default", cost=1))
+
+A glam_fast backend that registers an implementation through ``glam_fast.dispatch`` is picked up
+without any change here, and one that cannot run is reported with the reason
+``dispatch.resolve`` gives, never run as something else.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ register_model(
         op="glam",
         factory=lambda: glam_fast.GLAM(shape=(26, 57), num_classes=4),
         item_shapes={"full": (1, 26, 57), "quick": (1, 26, 57), "tiny": (1, 26, 57)},
-        input_note="one 1.8 s MFCC segment, (1, 26, 57)",
+        input_note="one 1.8 s segment of 26 MFCCs x 57 frames",
     )
 )
 register_model(
@@ -95,7 +100,7 @@ register_model(
         op="mssenet",
         factory=lambda: glam_fast.MSSENet(num_classes=4),
         item_shapes={"full": (606, 39), "quick": (150, 39), "tiny": (24, 39)},
-        input_note="T x 39 MFCC frames: T = 606 (full), 150 (quick CPU suite)",
+        input_note="one utterance of T frames x 39 MFCCs (T = 606; 150 in the quick CPU suite)",
     )
 )
 register_model(
@@ -106,7 +111,7 @@ register_model(
         factory=lambda: glam_fast.AFCN(num_classes=4),
         # 3 s at 16 kHz with n_fft 512 / hop 160: 257 bins x 300 frames; the trunk needs >= 63.
         item_shapes={"full": (3, 257, 300), "quick": (3, 257, 300), "tiny": (3, 64, 80)},
-        input_note="3 x 257 x 300 spectrogram (3 s at 16 kHz, n_fft 512, hop 160), per-item lengths in [T/2, T]",
+        input_note="one 3-channel spectrogram, 257 bins x 300 frames (3 s at 16 kHz, n_fft 512, hop 160), per-item lengths in [T/2, T]",
         variable_length=True,
     )
 )

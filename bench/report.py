@@ -24,6 +24,7 @@ from bench.environment import RESULTS_DIR, ROOT, SCHEMA, slug
 
 MODE_ORDER = ("inference", "train")
 PROFILE_RANK = {"full": 2, "quick": 1, "dry-run": 0}
+PROFILE_TEXT = {"full": "full run", "quick": "quick run", "dry-run": "dry run (tiny sizes, not a measurement of speed)"}
 MODEL_KEYS = ("model", "variant", "mode", "batch", "dtype")
 
 
@@ -326,7 +327,7 @@ def _env_line(run: Run, readme_dir: Path) -> str:
         parts.append(f"{env['cpu_threads']} thread{'s' if env['cpu_threads'] != 1 else ''}")
     commit = env.get("git_commit", "?") + (" (uncommitted changes)" if env.get("git_dirty") else "")
     parts.append(f"commit {commit}")
-    return f"{run.profile} run of {run.created[:10]}: " + ", ".join(parts) + f" — {_link(run.path, readme_dir)}"
+    return f"{PROFILE_TEXT.get(run.profile, run.profile)} of {run.created[:10]}: " + ", ".join(parts) + f" — {_link(run.path, readme_dir)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,11 +359,15 @@ def plot(run: Run, model: str, mode: str, path: Path) -> bool:
         plt.close(fig)
         return False
     title = run.models.get(model, {}).get("title", model)
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="items / s", title=f"{title} {mode} — {run.environment.get('device_name', run.device_slug)}")
+    where = run.environment.get("device_name", run.device_slug)
+    if not run.is_gpu and run.environment.get("cpu_threads"):
+        where += f", {run.environment['cpu_threads']} thread{'s' if run.environment['cpu_threads'] != 1 else ''}"
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="items / s", title=f"{title} {mode} — {where}")
     ax.set_xticks(batches)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if high / low < 100 else (1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.10g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
@@ -390,7 +395,11 @@ run by a **variant** in a **dtype**, in a **mode**, at a batch size:
   `mode="reduce-overhead"`) and each **glam_fast backend** (`triton`, `cuda`) that can run;
 - dtype: `fp32`, or `bf16` = `torch.autocast(bfloat16)` around the forward (fp32 weights);
 - mode: `inference` (`torch.inference_mode()`, eval mode) or `train` (one full step: forward,
-  cross-entropy, backward, Adam step).
+  cross-entropy, backward, Adam step);
+- items: GLAM, one 26 × 57 MFCC segment (1.8 s); MS-SENet, one utterance of T = 606 frames of
+  39 MFCCs (T = 150 in the quick CPU suite); AFCN, one 3 × 257 × 300 spectrogram (3 s at 16 kHz,
+  n_fft 512, hop 160; the AlexNet trunk needs at least 63 bins and frames), batched with per-item
+  lengths drawn in [150, 300] (the padded path the model exists for).
 
 Tables give items/s (median) and, in brackets, the ratio to the best peer in the same dtype at
 the same batch size (1.00× is that best peer). `n/a`: the variant cannot run on that device
@@ -400,20 +409,29 @@ count matmul and convolution FLOPs (forward; forward + backward for a training s
 them as % of the bf16 matmul rate measured in the same run.
 
 Inputs are random (standard normal), rotated among several batches; the same inputs for every
-variant. GPU runs: warm-up (compilation and autotuning) outside the numbers, each call timed
-with CUDA events, every case timed twice. CPU suite: pytest-benchmark rounds after a warm-up call.
+variant. GPU runner: warm-up calls (compilation, autotuning, cuDNN algorithm search with
+`cudnn.benchmark`) outside the numbers, every call timed with CUDA events, every case timed
+twice. CPU suite: pytest-benchmark rounds after a warm-up call; its repeatability compares the
+first and second half of the rounds.
 
 ## How to run
 
 ```bash
-# CPU suite (writes bench/results/cpu-models-<cpu>-<threads>t-<date>-<commit>.json)
+# CPU suite, full: batches 1, 32, 256; eager, autocast and torch.compile
+# (77 min with 1 thread on a busy 2-core machine)
 python -m pytest bench/bench_models.py --bench-note "quiet machine"
-python -m pytest bench/bench_models.py --bench-quick        # ~1 min: batches 1 and 8
-# GPU runner (one JSON file into DIR); --quick for ~3 min; --dry-run checks every path on the CPU
+# CPU suite, quick (under 2 min): batches 1 and 8, eager only
+python -m pytest bench/bench_models.py --bench-quick
+# GPU runner: batches 1 to 4096, all variants, one JSON file into the folder; ~11 min on an H100
+# within a time budget (eager and glam_fast first, then compiled peers: bf16 before fp32;
+# max-autotune at batch 1024 only); --quick: batches 1 and 1024, ~3 min
 python -m bench.gpu --out bench/results
-# Everything on a GPU machine: build, tests, compile report, GPU runner, report, one folder of logs
+python -m bench.gpu --out bench/results --variants compile-max-autotune --dtypes bf16 --budget-s 0
+# Check that every path runs, on the CPU, in a minute
+python -m bench.gpu --out /tmp/dry --dry-run
+# A GPU machine end to end: build, tests, compile report, GPU runner, report -> OUTDIR
 bench/gpu_check.sh OUTDIR
-# This page and the plots
+# This page and the plots, from every file in bench/results
 python -m bench.report
 ```
 """
@@ -429,8 +447,8 @@ def model_section(run: Run, model: str, plots_dir: Path, readme_dir: Path, made:
     flops = info.get("flops_per_item") or {}
     if flops:
         details.append(f"{flops['inference'] / 1e6:,.1f} MFLOP per item forward, {flops['train'] / 1e6:,.1f} forward + backward")
-    if run.kind == "cpu-suite" and info.get("item_shape"):
-        details.append(f"item shape {tuple(info['item_shape'])}")
+    if info.get("item_shape"):
+        details.append(f"item shape in this run {tuple(info['item_shape'])}")
     if details:
         lines += ["; ".join(details) + ".", ""]
     for mode in MODE_ORDER:
@@ -462,7 +480,7 @@ def model_section(run: Run, model: str, plots_dir: Path, readme_dir: Path, made:
 
 def generic_section(group: GenericBenchmarks) -> list[str]:
     env = group.environment
-    head = f"`{group.path.name}` ({group.profile} run of {group.created[:10]}"
+    head = f"`{group.path.name}` ({PROFILE_TEXT.get(group.profile, group.profile)} of {group.created[:10]}"
     if env:
         head += f", torch {env.get('torch', '?')}, {env.get('cpu_threads', '?')} threads, commit {env.get('git_commit', '?')}"
     lines = [f"### {', '.join(sorted({r['file'] for r in group.rows}))} on {group.device}", "", head + ")", ""]
@@ -497,7 +515,7 @@ def render(
             if run.ceilings and "bf16_matmul_tflops" in run.ceilings:
                 c = run.ceilings
                 lines.append(
-                    f"  - ceilings measured in this run: bf16 matmul {c['bf16_matmul_n']}³ {c['bf16_matmul_tflops']:.0f} TFLOP/s, "
+                    f"  - ceilings measured in this run: bf16 matmul {c['bf16_matmul_n']}³ {c['bf16_matmul_tflops']:.3g} TFLOP/s, "
                     f"device-to-device copy {c['copy_gb_per_s']:,.0f} GB/s (read + write)"
                 )
             for note in run.notes:

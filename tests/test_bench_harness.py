@@ -169,12 +169,21 @@ def test_a_registered_fused_backend_is_measured_without_harness_changes(tmp_path
 
 
 def test_peers_never_run_a_fused_backend(monkeypatch):
-    """Under GLAM_FAST_BACKEND=triton (or auto on a GPU) a peer must still run the reference."""
+    """Even when the environment asks for a fused backend that can run, peers run the reference."""
+
+    def fused_must_not_run(model, x):
+        raise AssertionError("a peer ran the fused implementation")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("GLAM_FAST_BACKEND", "triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    spec = registry.MODELS["glam"]
-    step = registry.build_step(spec, registry.VARIANTS["eager"], "inference", "fp32", "cpu")
-    step(registry.make_batches(spec, "tiny", 1, "cpu", 1)[0])  # raises if dispatch were consulted
+    dispatch._load_fused_ops()
+    monkeypatch.setitem(dispatch._implementations, ("mssenet", "triton"), fused_must_not_run)
+    spec = registry.MODELS["mssenet"]
+    batch = registry.make_batches(spec, "tiny", 1, "cpu", 1)[0]
+    for mode in ("inference", "train"):
+        registry.build_step(spec, registry.VARIANTS["eager"], mode, "fp32", "cpu")(batch)
+    with pytest.raises(AssertionError, match="fused implementation"):  # the fake is reachable
+        registry.build_step(spec, registry.VARIANTS["triton"], "inference", "fp32", "cpu")(batch)
 
 
 def test_inputs_are_random_identical_across_calls_and_afcn_lengths_are_valid():
