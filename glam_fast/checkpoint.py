@@ -97,9 +97,17 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, classes: list[s
     tmp_weights, tmp_config = folder / (WEIGHTS_FILE + ".tmp"), folder / (CONFIG_FILE + ".tmp")
     save_file(tensors, str(tmp_weights), metadata={"model": name})
     tmp_config.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    mode = 0o666 & ~_umask()  # safetensors creates its file owner-only; give it the usual mode
+    os.chmod(tmp_weights, mode)
     os.replace(tmp_weights, folder / WEIGHTS_FILE)
     os.replace(tmp_config, folder / CONFIG_FILE)
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_config(folder: str | os.PathLike) -> dict:
