@@ -53,11 +53,16 @@ def pytest_collect_file(file_path: Path, parent):
 
 
 class _JsonOnWrite:
-    """A --benchmark-json target that creates its file only when pytest-benchmark writes it."""
+    """A --benchmark-json target that creates its file only when pytest-benchmark writes it.
+    pytest-benchmark < 5.3 enters it as an open file; 5.3+ opens it as a path."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = None
+
+    def __fspath__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return str(self.path)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ class KernelSpec:
     does for 16-byte-aligned tensors, pointer arguments are compiled as 16-byte aligned; integer
     arguments named in ``multiple_of_16`` are compiled as multiples of 16 (the launcher specialises
     such values; name only those that are multiples of 16 in every launch the spec stands for).
+    ``tuning_groups`` names the autotuning problems (if any) the spec is a candidate config for.
     """
 
     op: str
@@ -44,6 +45,7 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 3
     multiple_of_16: tuple[str, ...] = ()
+    tuning_groups: tuple[str, ...] = ()
 
 
 def register_compile_specs(provider: Callable[[], Iterable[KernelSpec]]) -> Callable[[], Iterable[KernelSpec]]:
@@ -94,7 +96,8 @@ def compile_kernel(spec: KernelSpec, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    row = {"op": spec.op, "kernel": spec.name, "arch": arch, "num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    row = {"op": spec.op, "kernel": spec.name, "arch": arch, "num_warps": spec.num_warps, "num_stages": spec.num_stages,
+           "tuning_groups": list(spec.tuning_groups)}  # fmt: skip
     try:
         fn = _jit_function(spec.kernel)
         divisible = [[["tt.divisibility", 16]] if t.startswith("*") or name in spec.multiple_of_16 else None for name, t in spec.signature.items()]
@@ -123,7 +126,7 @@ def compile_kernel(spec: KernelSpec, arch: int) -> dict:
 def compile_report(arch: int = 90, ops: Iterable[str] | None = None) -> list[dict]:
     """Compile every registered kernel for sm_<arch> (80 or 90); one dict per kernel config.
 
-    Keys: op, kernel, arch, num_warps, num_stages, ok, error (if not ok), registers,
+    Keys: op, kernel, arch, num_warps, num_stages, tuning_groups, ok, error (if not ok), registers,
     spill_bytes (stack frame + local memory), stack_bytes, shared_bytes, shared_fits. Works without a GPU. Under
     TRITON_INTERPRET=1 it runs in a child process, since interpreted kernels cannot be compiled.
     """

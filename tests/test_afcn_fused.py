@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import glam_fast
 from glam_fast import AFCN
-from glam_fast.kernels import compile_report, format_report
 from glam_fast.ops import afcn_forward
 from tests.helpers import rel_err
 
@@ -140,23 +139,6 @@ def test_torch_compile_fullgraph_matches_eager(model):
     compiled = torch.compile(lambda x, lengths: afcn_forward.afcn_forward(model, x, lengths), fullgraph=True)
     with torch.no_grad():
         assert rel_err(compiled(x, lengths), fused(model, x, lengths)) < 1e-6
-
-
-# Known register spills (stack bytes per thread): the backward holds two chunks of W and the
-# [16, 256] grad of the map (200 B on sm_80 only); the fp32 forward carries fp32 operands.
-EXPLAINED_SPILLS = {"_attention_pool_backward_kernel": 256, "_attention_pool_forward_kernel[fp32]": 256}
-
-
-@pytest.mark.parametrize("arch", [80, 90])
-def test_compile_report(arch):
-    rows = compile_report(arch, ops=["attention_pool"])
-    print(format_report(rows))
-    assert len(rows) >= 4
-    for r in rows:
-        assert r["ok"], f"{r['kernel']}: {r.get('error')}"
-        assert r["spill_bytes"] == 0, f"{r['kernel']} uses {r['spill_bytes']} bytes of local memory"
-        assert r["stack_bytes"] <= EXPLAINED_SPILLS.get(r["kernel"], 0), f"{r['kernel']} spills {r['stack_bytes']} bytes"
-        assert r["shared_fits"], r["kernel"]
 
 
 @pytest.mark.gpu

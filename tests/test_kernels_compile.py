@@ -3,6 +3,7 @@ sizes, warps and stages its launcher (or autotuner, after pruning) uses: no fail
 spills (unless explained below), shared memory within the architecture's limit."""
 
 import inspect
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,8 +17,27 @@ import glam_fast.ops  # noqa: E402
 from glam_fast.kernels import compile_report, format_report, kernel_specs  # noqa: E402
 
 ARCHS = (80, 90)
-# kernel name -> why its spill is acceptable. Empty: no kernel spills.
-EXPLAINED_SPILLS: dict[str, str] = {}
+# Known register spills, in bytes of stack frame per thread (the most seen on either
+# architecture, rounded up), and why they are accepted. Every other fixed-config kernel has none.
+EXPLAINED_SPILLS: dict[str, int] = {
+    # MS-SENet front end: the backward kernels hold 3-4 [256 positions, 64 channels] fp32 tiles at
+    # once at the smallest tile tl.dot allows; the fp32 forward (3xTF32 dots) holds each operand
+    # as a high and a low part. The bf16 inference path does not spill.
+    "squeeze_excite._squeeze_excite_stats_kernel": 512,
+    "squeeze_excite._squeeze_excite_backward_head_kernel": 512,
+    "squeeze_excite._squeeze_excite_backward_bn_kernel": 512,
+    "squeeze_excite._squeeze_excite_backward_conv_kernel": 1024,
+    "squeeze_excite._squeeze_excite_forward_kernel[fp32]": 512,
+    # AFCN attention pooling: the backward holds two chunks of W and the [16, 256] gradient of the
+    # map; the fp32 forward holds 3xTF32 operand pairs. Narrower chunks or more warps spill more.
+    "attention_pool._attention_pool_backward_kernel": 256,
+    "attention_pool._attention_pool_forward_kernel[fp32]": 256,
+    # GLAM stem backward: the three branches' BN/ReLU gradients live at once (sm_90 only, 32-64 B).
+    "stem._stem_backward_kernel[bf16,BATCH_STATS=0]": 64,
+    "stem._stem_backward_kernel[bf16,BATCH_STATS=1]": 64,
+    # 8 B at 96 registers on sm_80: ptxas's own choice at this occupancy, one 8-byte value.
+    "batch_norm_nhwc._bn_relu_pool_forward_kernel[bf16,N=128,POOL=0]": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +61,9 @@ def _python_function(obj):
     return obj
 
 
-def _is_kernel(fn) -> bool:
-    """A kernel (launched from the host), not a @triton.jit helper: helpers return values."""
-    return "return" not in inspect.getsource(fn).split('"""')[-1]
+def _is_launched(module, name: str) -> bool:
+    """A kernel launched from the host (``name[grid](...)``), not a @triton.jit helper."""
+    return re.search(rf"\b{re.escape(name)}\[", inspect.getsource(module)) is not None
 
 
 def test_every_kernel_of_every_op_module_has_a_compile_spec():
@@ -52,22 +72,36 @@ def test_every_kernel_of_every_op_module_has_a_compile_spec():
         for name, obj in vars(module).items():
             if isinstance(obj, _TRITON_OBJECTS):
                 fn = _python_function(obj)
-                if fn.__module__ == module.__name__ and _is_kernel(fn):
+                if fn.__module__ == module.__name__ and _is_launched(module, name):
                     assert fn in specified, f"{module.__name__}.{name} is launched but has no KernelSpec"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compiles_without_spills_within_shared_memory(reports, arch):
+    """Fixed-config kernels spill nothing beyond EXPLAINED_SPILLS. Autotuned kernels are judged
+    per problem: the tuner times every candidate, so each problem needs one spill-free candidate."""
     rows = reports[arch]
     assert len(rows) == len(kernel_specs())
     print(format_report(rows))
     failed = [f"{r['op']}.{r['kernel']}: {r['error']}" for r in rows if not r["ok"]]
     assert not failed, "\n".join(failed)
+    groups: dict[str, list[int]] = {}
     for row in rows:
         name = f"{row['op']}.{row['kernel']}"
         assert row["registers"] is not None and row["registers"] <= 255, name
-        assert row["spill_bytes"] == 0 or name in EXPLAINED_SPILLS, f"{name} spills {row['spill_bytes']} bytes"
         assert row["shared_fits"], f"{name} needs {row['shared_bytes']} bytes of shared memory"
+        for group in row["tuning_groups"]:
+            groups.setdefault(group, []).append(row["spill_bytes"])
+        if not row["tuning_groups"]:
+            budget = EXPLAINED_SPILLS.get(name, 0)
+            assert row["spill_bytes"] <= budget, f"{name} spills {row['spill_bytes']} bytes (budget {budget})"
+    for group, spills in groups.items():
+        assert min(spills) == 0, f"every autotuner candidate for {group} spills: {spills}"
+
+
+def test_explained_spills_name_registered_kernels():
+    names = {f"{spec.op}.{spec.name}" for spec in kernel_specs()}
+    assert set(EXPLAINED_SPILLS) <= names, set(EXPLAINED_SPILLS) - names
 
 
 def test_cli_prints_the_report_and_fails_on_a_failed_compile(monkeypatch, capsys):

@@ -63,6 +63,7 @@ WEIGHT_GRAD_CONFIGS = [
     _config(64, 64, 64, 4, 3),
     _config(128, 32, 64, 4, 3),
     _config(128, 64, 32, 4, 3),
+    _config(128, 64, 32, 8, 3),  # the 4-warp one spills in fp32 on sm_90
     _config(128, 32, 16, 4, 4),
 ]
 # Operand buffers (all pipeline stages) must fit in this much shared memory: A100's 163 KiB
@@ -499,7 +500,7 @@ def forward_kernel_specs(c: int, n: int, *, dtype: str, has_bias: bool, relu: bo
         "stride_ob": "i32", "stride_oh": "i32", "stride_ow": "i32", "stride_on": "i32",
     }  # fmt: skip
     flags = {"HAS_BIAS": has_bias, "RELU": relu, "POOL": pool, "STATS": stats, "PRECISION": "tf32"}
-    return [_spec("_conv2d_nhwc_forward_kernel", _conv2d_nhwc_forward_kernel, signature, flags, cfg, c, dtype)
+    return [_spec("_conv2d_nhwc_forward_kernel", _conv2d_nhwc_forward_kernel, signature, flags, cfg, c, n, dtype)
             for cfg in prune_configs(STATS_CONFIGS if stats else FORWARD_CONFIGS, c, n, _ELEMENT_BYTES[dtype])]  # fmt: skip
 
 
@@ -509,14 +510,16 @@ def weight_grad_kernel_specs(c: int, n: int, *, dtype: str) -> list[KernelSpec]:
         "x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "taps_ptr": "*i32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
         "H": "i32", "W": "i32", "C": "i32", "N": "i32", "K": "i32", "K_pad": "i32", "M": "i32", "rows_per_split": "i32",
     }  # fmt: skip
-    return [_spec("_conv2d_nhwc_backward_weight_kernel", _conv2d_nhwc_backward_weight_kernel, signature, {"PRECISION": "tf32"}, cfg, c, dtype)
+    return [_spec("_conv2d_nhwc_backward_weight_kernel", _conv2d_nhwc_backward_weight_kernel, signature, {"PRECISION": "tf32"}, cfg, c, n, dtype)
             for cfg in prune_configs(WEIGHT_GRAD_CONFIGS, c, n, _ELEMENT_BYTES[dtype])]  # fmt: skip
 
 
-def _spec(name, kernel, signature, flags, config, c, dtype) -> KernelSpec:
+def _spec(name, kernel, signature, flags, config, c, n, dtype) -> KernelSpec:
     constexprs = {**flags, **config.kwargs, "SINGLE_TAP": c % config.kwargs["BLOCK_K"] == 0}
     tag = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items() if k != "PRECISION")
+    problem = ",".join(f"{k}={int(v)}" for k, v in flags.items() if k != "PRECISION")
     return KernelSpec(
         "conv2d_nhwc", f"{name}[{dtype},{tag}]", kernel, {**signature, **{k: "constexpr" for k in constexprs}}, constexprs,
         num_warps=config.num_warps, num_stages=config.num_stages, multiple_of_16=_GLAM_MULTIPLES_OF_16,
+        tuning_groups=(f"{name}[{dtype},C={c},N={n}{',' + problem if problem else ''}]",),
     )  # fmt: skip

@@ -24,7 +24,7 @@ head weights cast to it); BatchNorm parameters and statistics stay fp32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -210,7 +210,11 @@ def _compile_specs():
         specs += batch_norm_nhwc.kernel_specs(n, pool=pool, dtype="bf16")
     specs.append(batch_norm_nhwc.update_kernel_spec())
     specs += partial_sums.kernel_specs([2 * STEM_CHANNELS] + [n for _, n, _ in CONV_LAYERS])
+    # Layers with equal flags share compiled kernels (channel counts are runtime arguments): one
+    # spec each, candidate for every layer's tuning problem.
     unique = {}
     for spec in specs:
-        unique.setdefault((spec.name, spec.num_warps, spec.num_stages), spec)
+        key = (spec.name, spec.num_warps, spec.num_stages)
+        seen = unique.get(key)
+        unique[key] = spec if seen is None else replace(seen, tuning_groups=seen.tuning_groups + spec.tuning_groups)
     return list(unique.values())

@@ -427,8 +427,10 @@ def _temporal_block_conv1_backward_kernel(
 # GPU: 32-row tiles at 8 warps keep every kernel within registers (no spills on sm_80/sm_90; at
 # 64 rows or 4 warps the weight-grad accumulators and the 64x64 conv taps spill). fp32
 # activations take one pipeline stage: buffered fp32 input tiles would overflow sm_80's 163 KB
-# of shared memory.
+# of shared memory; their forward takes 16-row tiles, since 3xTF32 dots hold each operand as a
+# high and a low part (at 32 rows the fp32 inference kernel spills ~0.8 KB per thread).
 _GPU_CONFIG = {"forward": (32, 8), "backward": (32, 8)}
+_GPU_FP32_FORWARD_BLOCK_T = 16
 _GPU_STAGES = {torch.float32: 1, torch.float16: 3, torch.bfloat16: 3}
 _INTERPRETER_BLOCK_T = 256  # the interpreter pays per tile, not per element
 
@@ -442,6 +444,8 @@ def _launch_config(kind: str, length: int, dtype: torch.dtype) -> dict:
     if interpreting():
         return {"BLOCK_T": max(16, min(_INTERPRETER_BLOCK_T, triton.next_power_of_2(length))), "num_warps": 4, "num_stages": 1}
     block_t, warps = _GPU_CONFIG[kind]
+    if kind == "forward" and dtype == torch.float32:
+        block_t = _GPU_FP32_FORWARD_BLOCK_T
     return {"BLOCK_T": block_t, "num_warps": warps, "num_stages": pipeline_stages(dtype)}
 
 
@@ -725,7 +729,8 @@ def _compile_specs():
         }  # fmt: skip
         stages = _GPU_STAGES[torch.float32 if act == "fp32" else torch.bfloat16]
         yield KernelSpec("temporal_block", f"_temporal_block_inference_kernel[{act}]", _temporal_block_inference_kernel, sig,
-                         {"BLOCK_T": forward_t, "BLOCK_F": block_f, "PRECISION": precision}, num_warps=forward_warps, num_stages=stages)  # fmt: skip
+                         {"BLOCK_T": _GPU_FP32_FORWARD_BLOCK_T if act == "fp32" else forward_t, "BLOCK_F": block_f, "PRECISION": precision},
+                         num_warps=forward_warps, num_stages=stages)  # fmt: skip
         if act == "fp32":
             continue
         params = {"conv_w_ptr": "*fp32", "conv_b_ptr": "*fp32", "bn_w_ptr": "*fp32", "bn_b_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32", "mask_ptr": f"*{act}"}

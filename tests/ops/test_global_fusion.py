@@ -10,7 +10,6 @@ the same precision. Gradients are compared at the ReLU mask the kernels used (he
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import glam_fast.ops.global_fusion as gf
-from glam_fast.kernels import compile_report, format_report
 from glam_fast.models.glam import GLAM, GlobalAwareFusion
 from glam_fast.ops.global_fusion import global_fusion_head, global_fusion_head_ref
 from tests.helpers import rel_err
@@ -276,38 +274,6 @@ def test_autocast_runs_in_the_autocast_dtype():
     logits.float().sum().backward()
     for name, t in zip(NAMES, tensors):
         assert t.grad is not None and t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all(), name
-
-
-@pytest.fixture(scope="module")
-def compile_reports():
-    """compile_report for sm_80 and sm_90 (each in its own process), run side by side."""
-    reports = {}
-
-    def run(arch):
-        reports[arch] = compile_report(arch, ops=["global_fusion"])
-
-    threads = [threading.Thread(target=run, args=(arch,)) for arch in (80, 90)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return reports
-
-
-@pytest.mark.parametrize("arch", [80, 90])
-def test_kernels_compile_without_spills(compile_reports, arch):
-    rows = compile_reports[arch]
-    print(f"\n{format_report(rows)}")
-    if any(row["ok"] and row["registers"] is None for row in rows):
-        pytest.skip("cuobjdump not found: no resource usage to check")
-    kernels = {"_global_fusion_forward_kernel", "_global_fusion_backward_kernel", "_global_fusion_weight_grad_kernel",
-               "_global_fusion_reduce_kernel"}
-    assert {row["kernel"] for row in rows} == {f"{k}[{ty}]" for k in kernels for ty in ("fp32", "fp16", "bf16")}
-    for row in rows:
-        assert row["ok"], row.get("error")
-        # Spills show as local memory or (newer ptxas) as a stack frame.
-        assert row["spill_bytes"] == 0 and row["stack_bytes"] == 0, row
-        assert row["shared_fits"], row
 
 
 @pytest.mark.gpu
