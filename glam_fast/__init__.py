@@ -25,10 +25,11 @@ __all__ = [
     "MSSENetRecipe",
     "AFCNRecipe",
     "load_pretrained",
+    "Scorer",
 ]
 
 # Imported on first access, so `import glam_fast` stays fast and needs neither soundfile nor soxr.
-_LAZY_MODULES = ("audio", "data", "features", "recipes")
+_LAZY_MODULES = ("audio", "data", "features", "recipes", "inference", "scoring")
 _LAZY_NAMES = {
     "MFCC": "features",
     "LogMel": "features",
@@ -36,6 +37,7 @@ _LAZY_NAMES = {
     "MSSENetRecipe": "recipes",
     "AFCNRecipe": "recipes",
     "load_pretrained": "pretrained",
+    "Scorer": "scoring.pipeline",
 }
 
 
