@@ -82,9 +82,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        if args.flush_rows < 1:
-            raise ValueError(f"--flush-rows must be >= 1, got {args.flush_rows}")
         shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as error:
+        print(f"glam-fast score: error: {error}", file=sys.stderr)
+        return 2
+    try:
         summary = job.run_job(
             args.inputs,
             args.output,
@@ -99,7 +101,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             progress=True if args.progress else None,
             flush_rows=args.flush_rows,
         )
-    except (InputError, OutputError, FileNotFoundError, ValueError) as error:
+    except (InputError, OutputError, job.JobError) as error:
         print(f"glam-fast score: error: {error}", file=sys.stderr)
         return 2
     where = f" -> {args.output}" if args.output else ""

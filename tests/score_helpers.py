@@ -31,10 +31,10 @@ def randomize_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
     return model.eval()
 
 
-def make_checkpoint(folder: Path, kind: str = "glam", seed: int = 0) -> Path:
+def make_checkpoint(folder: Path, kind: str = "glam", seed: int = 0, glam_recipe: GLAMRecipe = TINY_GLAM) -> Path:
     torch.manual_seed(seed)
     if kind == "glam":
-        model, recipe = GLAM(TINY_GLAM.input_shape, len(CLASSES)), TINY_GLAM
+        model, recipe = GLAM(glam_recipe.input_shape, len(CLASSES)), glam_recipe
     elif kind == "mssenet":
         model, recipe = MSSENet(len(CLASSES), n_mfcc=TINY_MSSENET.n_mfcc, n_blocks=3, n_filters=8), TINY_MSSENET
     elif kind == "afcn":

@@ -19,6 +19,10 @@ FLUSH_ROWS = 256  # default rows per durable write (flush + fsync) ...
 FLUSH_SECONDS = 2.0  # ... or sooner when this much time has passed since the last one
 
 
+class JobError(ValueError):
+    """Settings or a model that a job cannot run with; the message says why."""
+
+
 @dataclasses.dataclass
 class JobSummary:
     total: int  # files in this shard
@@ -77,16 +81,22 @@ def run_job(
     shard: tuple[int, int] | None = None,
     progress: bool | None = None,
     flush_rows: int = FLUSH_ROWS,
-    stdout=sys.stdout,
-    stderr=sys.stderr,
+    stdout=None,
+    stderr=None,
 ) -> JobSummary:
     """Score the files named by ``specs`` into ``output`` (None: CSV on ``stdout``, no resume).
 
-    Raises :class:`~glam_fast.scoring.inputs.InputError` when an input names no file and
-    :class:`~glam_fast.scoring.output.OutputError` when the output cannot be used, both before
-    anything is scored.
+    Raises :class:`~glam_fast.scoring.inputs.InputError` when an input names no file,
+    :class:`~glam_fast.scoring.output.OutputError` when the output cannot be used and
+    :class:`JobError` for unusable settings or model, all before anything is scored.
     """
+    from glam_fast.checkpoint import CheckpointError
     from glam_fast.scoring.pipeline import Scorer
+
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    if flush_rows < 1:
+        raise JobError(f"flush_rows must be >= 1, got {flush_rows}")
 
     paths = inputs_mod.expand_inputs(specs)
     if shard is not None:
@@ -97,7 +107,10 @@ def run_job(
             output_mod._pyarrow()  # fail before loading the model, not after scoring
     elif resume:
         raise output_mod.OutputError("--resume needs an output file (-o)")
-    scorer = Scorer(checkpoint, device=device, batch_size=batch_size, workers=workers, decoder=decoder)
+    try:
+        scorer = Scorer(checkpoint, device=device, batch_size=batch_size, workers=workers, decoder=decoder)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise JobError(str(error)) from error
     writer = output_mod.open_output(output, scorer.classes, resume, overwrite) if output is not None else _StdoutWriter(stdout, scorer.classes)
     todo = [p for p in paths if p not in writer.done]
     skipped = len(paths) - len(todo)
