@@ -201,3 +201,11 @@ def test_killed_runs_resume_to_the_same_rows(tmp_path, ckpt):
     for path, (status, error, label, p) in expected.items():
         assert got[path][:3] == (status, error, label)
         assert got[path][3] == pytest.approx(p, abs=2e-4, nan_ok=True)
+
+
+def test_example_clips_score(tmp_path, ckpt):
+    """The README's quick start scores examples/audio (here with a test model)."""
+    out = tmp_path / "scores.csv"
+    assert score(REPO / "examples" / "audio", "-o", out, "--checkpoint", ckpt) == 0
+    rows = read_rows(str(out))
+    assert len(rows) >= 5 and all(r["status"] == "ok" for r in rows)
