@@ -8,8 +8,8 @@ files or in-memory waveforms, one :class:`ScoreResult` per input, in input order
 2. **Units**: each file becomes the units its model scores: GLAM 1.8 s MFCC segments (a file
    shorter than one segment is zero-padded to one and flagged ``padded``), MS-SENet one
    fixed-length utterance (flagged ``padded`` when shorter than that length), AFCN one
-   spectrogram per window of at most ``afcn_window_s`` seconds (flagged when shorter than the
-   trunk's minimum).
+   spectrogram per file, or per equal window of at most ``afcn_window_s`` seconds for longer
+   files (flagged when shorter than the trunk's minimum).
 3. **Batches**: units of consecutive files are packed into batches of ``batch_size`` units, a
    long file's units spread over as many batches as they need, so host and device memory stay
    bounded whatever the file lengths. Features are computed per batch on the model's device.
@@ -171,7 +171,8 @@ class _MSSENetUnits:
 
 
 class _AFCNUnits:
-    """AFCN: one spectrogram per window of at most ``window_s`` seconds (the whole file if shorter)."""
+    """AFCN: a file longer than ``window_s`` seconds is split into equal windows of at most that
+    length (no short tail window), each one spectrogram; shorter files are one unit."""
 
     def __init__(self, recipe, model, device, window_s: float):
         from glam_fast import recipes
@@ -185,7 +186,8 @@ class _AFCNUnits:
     def features(self, pieces):
         windows = []
         for w, first, n in pieces:
-            windows.extend(w[(first + k) * self.window : (first + k + 1) * self.window] for k in range(n))
+            size = math.ceil(w.numel() / math.ceil(w.numel() / self.window))
+            windows.extend(w[(first + k) * size : (first + k + 1) * size] for k in range(n))
         items = [self._recipes.afcn_input(w.to(self.device), self.recipe) for w in windows]
         return self._recipes.afcn_batch(items)
 
