@@ -289,7 +289,7 @@ class InferenceAFCN(nn.Module):
 
 def prepare(
     model: nn.Module,
-    merge_multiscale: bool | tuple[bool, bool, bool] = (True, False, False),
+    merge_multiscale: bool | tuple[bool, bool, bool] = False,
     channels_last: bool = True,
     micro_batch: int | None = 32,
 ) -> nn.Module:

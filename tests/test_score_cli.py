@@ -209,3 +209,15 @@ def test_example_clips_score(tmp_path, ckpt):
     assert score(REPO / "examples" / "audio", "-o", out, "--checkpoint", ckpt) == 0
     rows = read_rows(str(out))
     assert len(rows) >= 5 and all(r["status"] == "ok" for r in rows)
+
+
+def test_shards_cover_the_inputs_once(tmp_path, ckpt, capsys):
+    clips = make_audio_folder(tmp_path / "in", 7, seconds=0.5)
+    scored = []
+    for i in range(3):
+        out = tmp_path / f"shard{i}.jsonl"
+        assert score(tmp_path / "in", "-o", out, "--checkpoint", ckpt, "--shard", f"{i}/3") == 0
+        scored += [r["path"] for r in read_rows(str(out))]
+    assert sorted(scored) == sorted(str(c) for c in clips)
+    assert score(tmp_path / "in", "--checkpoint", ckpt, "--shard", "3/3") == 2
+    assert "0 <= i < N" in capsys.readouterr().err
