@@ -11,10 +11,10 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
 - ``reference``: the model's eager forward (what ``model(x)`` runs on the CPU);
 - ``compiled-reference``: ``torch.compile(model)`` (inductor defaults);
 - ``prepared``: ``prepare(model)`` with its defaults (what the Scorer runs on the CPU);
-- GLAM only: ``prepared-merge-all`` (the three multi-scale blocks each merged into one 5x5 conv
-  C->2C); with ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-merge-first`` (only the 16-channel
-  block merged), ``prepared-nchw`` (no channels-last), ``prepared-no-micro-batch`` and
-  ``compiled-prepared`` (torch.compile of the prepared module).
+- GLAM only: ``prepared-micro-batch-32`` (batches run 32 segments at a time); with
+  ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-merge-none`` (the multi-scale branches as two
+  convolutions), ``prepared-merge-first`` (only the 16-channel block merged), ``prepared-nchw``
+  (no channels-last) and ``compiled-prepared`` (torch.compile of the prepared module).
 
 Timings on a machine shared with other jobs are noisy: every GLAM variant is measured in
 ``REPEATS`` (default 2) interleaved passes (``r0``, ``r1``: reference, prepared, ... then again), and each test records the
@@ -41,14 +41,14 @@ GLAM_VARIANTS = {
     "reference": None,
     "compiled-reference": None,
     "prepared": {},
-    "prepared-merge-all": {"merge_multiscale": True},
+    "prepared-micro-batch-32": {"micro_batch": 32},
 }
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
     GLAM_VARIANTS.update(
         {
+            "prepared-merge-none": {"merge_multiscale": False},
             "prepared-merge-first": {"merge_multiscale": (True, False, False)},
             "prepared-nchw": {"channels_last": False},
-            "prepared-no-micro-batch": {"micro_batch": None},
             "compiled-prepared": {},
         }
     )

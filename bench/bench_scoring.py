@@ -16,8 +16,9 @@ recipe and 7 classes (random weights: the work is the same as with trained ones)
   and the split of the time between decode (summed over workers), waiting for decode, features
   and model, from ``Scorer.stats``.
 
-Each test checks that its labels agree with the naive pipeline's and the probabilities within
-1e-4. The load average before and after each test is recorded (this machine may be shared).
+Each scorer test checks that its probabilities agree with the naive pipeline's within 1e-4 (the
+naive test runs first and is the reference). The load average before and after each test is
+recorded (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -79,23 +80,28 @@ def naive_scores(paths, model) -> np.ndarray:
     return np.stack(out)
 
 
+_naive_result: dict = {}  # test_naive's output, the reference for the scorer tests (saves a second naive pass)
+
+
 @pytest.fixture(scope="module")
 def expected(paths, checkpoint) -> np.ndarray:
-    torch.set_num_threads(THREADS)
-    model, _ = load_checkpoint(checkpoint)
-    return naive_scores(paths, model)
+    if "scores" not in _naive_result:
+        torch.set_num_threads(THREADS)
+        model, _ = load_checkpoint(checkpoint)
+        _naive_result["scores"] = naive_scores(paths, model)
+    return _naive_result["scores"]
 
 
 def _info(benchmark, variant, n_files, **extra):
     benchmark.extra_info.update(variant=variant, files=n_files, torch_threads=THREADS, torch=torch.__version__, cpu_count=os.cpu_count(), **extra)
 
 
-def test_naive(benchmark, paths, checkpoint, expected):
+def test_naive(benchmark, paths, checkpoint):
     torch.set_num_threads(THREADS)
     model, _ = load_checkpoint(checkpoint)
     load_before = os.getloadavg()[0]
     result = benchmark.pedantic(naive_scores, args=(paths, model), rounds=1, iterations=1)
-    np.testing.assert_allclose(result, expected, atol=1e-6)
+    _naive_result["scores"] = result
     seconds = benchmark.stats.stats.median
     _info(benchmark, "naive", len(paths), files_per_s=len(paths) / seconds, load_average_before=load_before, load_average_after=os.getloadavg()[0])
 

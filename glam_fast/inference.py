@@ -9,17 +9,20 @@ module that computes the same logits with less work:
   C -> 2C with the 3x3 kernel embedded in it (``merge_multiscale=True``: 47 % more multiply-adds,
   one GEMM instead of two and no concatenation).
 - **Channels-last** activations, so oneDNN runs the convolutions without reordering between
-  layers (GLAM).
-- **Micro-batches**: a large batch is run ``micro_batch`` items at a time so that each layer's
-  activations stay in the CPU cache (GLAM at batch 256 is about twice as slow per segment as at
-  batch 32 without this).
+  layers (GLAM, AFCN).
+- **Micro-batches** (optional, off by default): a large batch is run ``micro_batch`` items at a
+  time so that each layer's activations stay closer to the CPU cache (PERFORMANCE.md: on a quiet
+  machine the eager GLAM runs about half as many segments/s at batch 256 as at batch 32; on a
+  loaded 2-core machine batch 256 was the faster one and micro-batches of 32 slowed it down).
 - MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
   each layer is one call instead of two.
 - AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
 
-The choices that only pay off on some machines are arguments; the defaults are what measured
-fastest on this project's 2-core CPU machine (``bench/bench_inference_cpu.py``, results in
-``bench/results/``). The prepared module holds copies of the folded weights (the source model is
+The choices that only pay off on some machines are arguments. The defaults (branches merged,
+channels-last, no micro-batches) come from interleaved measurements on a 2-core CPU machine
+while other jobs were loading it heavily
+(``bench/bench_inference_cpu.py``, results in ``bench/results/``); they should be checked again
+on a quiet machine. The prepared module holds copies of the folded weights (the source model is
 left as it is), has no gradients, and raises on input the reference would reject.
 """
 
@@ -289,9 +292,9 @@ class InferenceAFCN(nn.Module):
 
 def prepare(
     model: nn.Module,
-    merge_multiscale: bool | tuple[bool, bool, bool] = False,
+    merge_multiscale: bool | tuple[bool, bool, bool] = True,
     channels_last: bool = True,
-    micro_batch: int | None = 32,
+    micro_batch: int | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
