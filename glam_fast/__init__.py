@@ -27,10 +27,11 @@ __all__ = [
     "AFCNRecipe",
     "load_pretrained",
     "optimize",
+    "Scorer",
 ]
 
 # Imported on first access, so `import glam_fast` stays fast and needs neither soundfile nor soxr.
-_LAZY_MODULES = ("audio", "data", "features", "recipes")
+_LAZY_MODULES = ("audio", "data", "features", "recipes", "inference", "scoring")
 _LAZY_NAMES = {
     "MFCC": "features",
     "LogMel": "features",
@@ -38,6 +39,7 @@ _LAZY_NAMES = {
     "MSSENetRecipe": "recipes",
     "AFCNRecipe": "recipes",
     "load_pretrained": "pretrained",
+    "Scorer": "scoring.pipeline",
 }
 
 

@@ -83,6 +83,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from glam_fast.scoring import job
+    from glam_fast.scoring.inputs import InputError, parse_shard
+    from glam_fast.scoring.output import OutputError
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as error:
+        print(f"glam-fast score: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        summary = job.run_job(
+            args.inputs,
+            args.output,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            decoder=args.decoder,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            shard=shard,
+            progress=True if args.progress else None,
+            flush_rows=args.flush_rows,
+        )
+    except (InputError, OutputError, job.JobError) as error:
+        print(f"glam-fast score: error: {error}", file=sys.stderr)
+        return 2
+    where = f" -> {args.output}" if args.output else ""
+    print(summary.line() + where, file=sys.stderr)
+    return 1 if args.strict and summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glam-fast", description="Fused GPU kernels for speech emotion recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--cache", help="feature cache folder")
     p_eval.add_argument("--out", help="folder for metrics.json and confusion.png")
     p_eval.set_defaults(func=_cmd_eval)
+
+    p_score = sub.add_parser(
+        "score",
+        help="score audio files with a model: one row per file (label, probability per class), resumable",
+        description="Score audio files: one output row per input file (path, status, error, duration_s, n_segments, "
+        "padded, label, prob_<class>...). Exit status 0 unless --strict and a file failed; 2 for unusable inputs or output.",
+    )
+    p_score.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive), glob patterns, or manifests (.csv with a path column, .txt one path per line)")
+    p_score.add_argument("-o", "--output", help="out.csv, out.jsonl or out.parquet (default: CSV on stdout)")
+    p_score.add_argument("--checkpoint", help="a checkpoint folder (default: the bundled GLAM trained on EmoDB)")
+    p_score.add_argument("--batch-size", type=int, help="units per model batch (GLAM segments: 256, MS-SENet files: 64, AFCN windows: 16)")
+    p_score.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_score.add_argument("--workers", type=int, help="decoding workers (default: CPU cores, at most 8)")
+    p_score.add_argument("--decoder", default="threads", choices=["threads", "processes"], help="decode on threads (default) or processes")
+    p_score.add_argument("--threads", type=int, help="torch threads for features and model (default: torch's)")
+    p_score.add_argument("--resume", action="store_true", help="skip files already in the output and append the rest")
+    p_score.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p_score.add_argument("--shard", help="i/N: score only shard i (0-based) of N, chosen by a stable hash of each path")
+    p_score.add_argument("--flush-rows", type=int, default=256, help="rows per durable write (flush + fsync; also every 2 s)")
+    p_score.add_argument("--strict", action="store_true", help="exit with status 1 if any file failed")
+    p_score.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    p_score.set_defaults(func=_cmd_score)
     return parser
 
 

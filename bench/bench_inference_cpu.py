@@ -1,0 +1,148 @@
+"""CPU inference: the inference-only forms (glam_fast.inference.prepare) vs the eager reference
+and torch.compile(reference), same run, same inputs, fp32.
+
+Run from the repository root (a C++ compiler is needed for torch.compile on the CPU):
+
+    GLAM_FAST_BENCH_THREADS=2 python -m pytest bench/bench_inference_cpu.py \
+        --benchmark-json bench/results/cpu-inference-<description>.json
+
+Variants per model and batch size (GLAM: (B, 1, 26, 57) segments, 7 classes; MS-SENet: (B, 188, 39),
+the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
+- ``reference``: the model's eager forward (what ``model(x)`` runs on the CPU);
+- ``compiled-reference``: ``torch.compile(model)`` (inductor defaults);
+- ``prepared``: ``prepare(model)`` with its defaults (what the Scorer runs on the CPU);
+- GLAM only: ``prepared-micro-batch-32`` (batches run 32 segments at a time); with
+  ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-merge-none`` (the multi-scale branches as two
+  convolutions), ``prepared-merge-first`` (only the 16-channel block merged), ``prepared-nchw``
+  (no channels-last) and ``compiled-prepared`` (torch.compile of the prepared module).
+
+Timings on a machine shared with other jobs are noisy: every GLAM variant is measured in
+``REPEATS`` (default 2) interleaved passes (``r0``, ``r1``: reference, prepared, ... then again), and each test records the
+load average before and after it in ``extra_info``. Compare variants within one pass and one
+batch size; the spread between passes is the noise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from glam_fast import AFCN, GLAM, MSSENet
+from glam_fast.inference import prepare
+
+THREADS = int(os.environ.get("GLAM_FAST_BENCH_THREADS", "2"))
+REPEATS = int(os.environ.get("GLAM_FAST_BENCH_REPEATS", "2"))
+BATCHES = {"glam": (1, 32, 256), "mssenet": (1, 32), "afcn": (1, 16)}
+ITEMS_PER_ROUND = {"glam": 64, "mssenet": 32, "afcn": 16}  # at least this many items per round
+
+GLAM_VARIANTS = {
+    "reference": None,
+    "compiled-reference": None,
+    "prepared": {},
+    "prepared-micro-batch-32": {"micro_batch": 32},
+}
+if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
+    GLAM_VARIANTS.update(
+        {
+            "prepared-merge-none": {"merge_multiscale": False},
+            "prepared-merge-first": {"merge_multiscale": (True, False, False)},
+            "prepared-nchw": {"channels_last": False},
+            "compiled-prepared": {},
+        }
+    )
+OTHER_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}}
+
+
+def _randomize_batch_norm(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model.eval()
+
+
+def _build(name):
+    torch.manual_seed(0)
+    if name == "glam":
+        return _randomize_batch_norm(GLAM((26, 57), 7)), lambda b: torch.randn(b, 1, 26, 57)
+    if name == "mssenet":
+        return _randomize_batch_norm(MSSENet(7)), lambda b: torch.randn(b, 188, 39)
+    return AFCN(7).eval(), lambda b: torch.randn(b, 3, 257, 201)
+
+
+_cache: dict = {}
+
+
+def _runner(name, variant, batch):
+    """The module to time (built once per model/variant/batch: compilation stays out of the timings)."""
+    key = (name, variant, batch)
+    if key not in _cache:
+        model, _ = _models(name)
+        variants = GLAM_VARIANTS if name == "glam" else OTHER_VARIANTS
+        if variant == "reference":
+            module = model
+        elif variant == "compiled-reference":
+            module = torch.compile(model, dynamic=False)
+        elif variant == "compiled-prepared":
+            module = torch.compile(prepare(model), dynamic=False)
+        else:
+            module = prepare(model, **variants[variant])
+        _cache[key] = module
+    return _cache[key]
+
+
+_models_cache: dict = {}
+
+
+def _models(name):
+    if name not in _models_cache:
+        _models_cache[name] = _build(name)
+    return _models_cache[name]
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+CASES = [
+    (name, batch, repeat, variant)
+    for name in ("glam", "mssenet", "afcn")
+    for batch in BATCHES[name]
+    for repeat in range(REPEATS if name == "glam" else 1)
+    for variant in (GLAM_VARIANTS if name == "glam" else OTHER_VARIANTS)
+]
+
+
+@pytest.mark.parametrize("name, batch, repeat, variant", CASES, ids=[f"{n}-b{b}-r{r}-{v}" for n, b, r, v in CASES])
+def test_inference(benchmark, name, batch, repeat, variant):
+    torch.set_num_threads(THREADS)
+    model, make_input = _models(name)
+    x = make_input(batch)
+    module = _runner(name, variant, batch)
+    calls = max(1, ITEMS_PER_ROUND[name] // batch)
+    with torch.inference_mode():
+        reference = model.forward_reference(x)
+        out = module(x)  # warm-up (and compilation, on first use)
+        assert (out - reference).norm() / reference.norm() < 1e-4
+
+        def run():
+            for _ in range(calls):
+                module(x)
+
+        load_before = _load()
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(
+        model=name,
+        batch=batch,
+        variant=variant,
+        repeat=repeat,
+        items_per_round=calls * batch,
+        torch_threads=THREADS,
+        torch=torch.__version__,
+        load_average_before=load_before,
+        load_average_after=_load(),
+        cpu_count=os.cpu_count(),
+    )

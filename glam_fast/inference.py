@@ -1,0 +1,320 @@
+"""Inference-only forms of the models for the CPU (what most scoring machines have).
+
+:func:`prepare` turns a trained reference model (``GLAM``, ``MSSENet`` or ``AFCN``) into a frozen
+module that computes the same logits with less work:
+
+- **BatchNorm folded** into the convolution before it (running statistics: eval semantics), and
+  for GLAM's multi-scale blocks the identity shortcuts too: ``BN(cat[conv3(x) + x, conv5(x) + x])``
+  becomes ``cat[conv3'(x), conv5'(x)]`` (``merge_multiscale=False``) or one 5x5 convolution
+  C -> 2C with the 3x3 kernel embedded in it (``merge_multiscale=True``: 47 % more multiply-adds,
+  one GEMM instead of two and no concatenation).
+- **Channels-last** activations, so oneDNN runs the convolutions without reordering between
+  layers (GLAM, AFCN).
+- **Micro-batches** (optional, off by default): a large batch is run ``micro_batch`` items at a
+  time so that each layer's activations stay closer to the CPU cache (PERFORMANCE.md: on a quiet
+  machine the eager GLAM runs about half as many segments/s at batch 256 as at batch 32; on a
+  loaded 2-core machine batch 256 was the faster one and micro-batches of 32 slowed it down).
+- MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
+  each layer is one call instead of two.
+- AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
+
+The choices that only pay off on some machines are arguments. The defaults (branches merged,
+channels-last, no micro-batches) come from interleaved measurements on a 2-core CPU machine
+while other jobs were loading it heavily
+(``bench/bench_inference_cpu.py``, results in ``bench/results/``); they should be checked again
+on a quiet machine. The prepared module holds copies of the folded weights (the source model is
+left as it is), has no gradients, and raises on input the reference would reject.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glam_fast.models import AFCN, GLAM, MSSENet
+from glam_fast.models._checks import check_input
+from glam_fast.models.afcn import _out_size
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one convolution, with ``bn``'s running statistics.
+
+    weight: (C_out, ...) of the convolution (any kernel rank); bias: (C_out,) or None.
+    Computed in float64 and returned in the weight's dtype.
+    """
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    conv_bias = bias.double() if bias is not None else torch.zeros_like(scale)
+    folded_weight = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
+    return folded_weight.to(weight.dtype), (conv_bias * scale + shift).to(weight.dtype)
+
+
+def _identity_kernel(channels: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(C, C, size, size) kernel of the identity map (1 at the centre tap of the diagonal)."""
+    kernel = torch.zeros(channels, channels, size, size, dtype=dtype)
+    kernel[torch.arange(channels), torch.arange(channels), size // 2, size // 2] = 1.0
+    return kernel
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters do not require gradients (the source is untouched)."""
+    module = copy.deepcopy(module)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+# ----------------------------------------------------------------------------- GLAM
+
+
+class InferenceMultiScale(nn.Module):
+    """GLAM's multi-scale block with BN and the identity folded: (B, C, H, W) -> (B, 2C, H, W), ReLU applied."""
+
+    def __init__(self, block, merge: bool):
+        super().__init__()
+        channels = block.conv3.in_channels
+        w3 = block.conv3.weight.double() + _identity_kernel(channels, 3, torch.float64)
+        w5 = block.conv5.weight.double() + _identity_kernel(channels, 5, torch.float64)
+        weight = torch.cat([F.pad(w3, (1, 1, 1, 1)), w5])  # (2C, C, 5, 5), 3x3 centred in 5x5
+        bias = torch.cat([block.conv3.bias, block.conv5.bias]).double()
+        weight, bias = fold_batch_norm(weight, bias, block.bn)
+        dtype = block.conv3.weight.dtype
+        self.merge = merge
+        if merge:
+            self.weight, self.bias = _frozen(weight.to(dtype)), _frozen(bias.to(dtype))
+        else:
+            self.weight3 = _frozen(weight[:channels, :, 1:4, 1:4].to(dtype))
+            self.weight5 = _frozen(weight[channels:].to(dtype))
+            self.bias3, self.bias5 = _frozen(bias[:channels].to(dtype)), _frozen(bias[channels:].to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merge:
+            return F.relu(F.conv2d(x, self.weight, self.bias, padding=2))
+        x3 = F.conv2d(x, self.weight3, self.bias3, padding=1)
+        x5 = F.conv2d(x, self.weight5, self.bias5, padding=2)
+        return F.relu(torch.cat((x3, x5), dim=1))
+
+
+class InferenceGLAM(nn.Module):
+    """GLAM for inference: (B, 1, H, W) MFCC segments -> (B, num_classes) logits. Built by :func:`prepare`."""
+
+    def __init__(self, model: GLAM, merge_multiscale: bool | tuple[bool, bool, bool], channels_last: bool, micro_batch: int | None):
+        super().__init__()
+        self.shape, self.num_classes, self.fusion_dim = model.shape, model.num_classes, model.fusion_dim
+        self.channels_last, self.micro_batch = channels_last, micro_batch
+        merges = (merge_multiscale,) * 3 if isinstance(merge_multiscale, bool) else tuple(merge_multiscale)
+        wa, ba = fold_batch_norm(model.conv1a.weight, model.conv1a.bias, model.bn1a)
+        wb, bb = fold_batch_norm(model.conv1b.weight, model.conv1b.bias, model.bn1b)
+        self.stem_a_weight, self.stem_a_bias = _frozen(wa), _frozen(ba)
+        self.stem_b_weight, self.stem_b_bias = _frozen(wb), _frozen(bb)
+        self.block2 = InferenceMultiScale(model.conv2, merges[0])
+        self.block3 = InferenceMultiScale(model.conv3, merges[1])
+        self.block4 = InferenceMultiScale(model.conv4, merges[2])
+        w5, b5 = fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5)
+        self.conv5_weight, self.conv5_bias = _frozen(w5), _frozen(b5)
+        prenorm = model.gmlp.layers[0].fn  # _Residual(_PreNorm(_TokenShift(GatedMLPBlock)))
+        gmlp = prenorm.fn.fn
+        self.norm = _frozen_copy(prenorm.norm)
+        self.proj_in = _frozen_copy(gmlp.proj_in[0])
+        self.gate_norm = _frozen_copy(gmlp.sgu.norm)
+        self.gate_weight = _frozen(gmlp.sgu.weight[0])  # (128, 128) token mixing
+        self.gate_bias = _frozen(gmlp.sgu.bias[0, :, None])  # (128, 1)
+        self.proj_out = _frozen_copy(gmlp.proj_out)
+        self.fc = _frozen_copy(model.fc)
+        if channels_last:
+            for name in ("stem_a_weight", "stem_b_weight", "conv5_weight"):
+                getattr(self, name).data = getattr(self, name).data.contiguous(memory_format=torch.channels_last)
+            for blk in (self.block2, self.block3, self.block4):
+                for p in blk.parameters():
+                    if p.dim() == 4:
+                        p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self, f"(B, 1, {self.shape[0]}, {self.shape[1]})", (None, 1, *self.shape))
+        step = self.micro_batch or x.shape[0]
+        if x.shape[0] <= step:
+            return self._forward(x)
+        return torch.cat([self._forward(part) for part in torch.split(x, step)])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        xa = F.relu(F.conv2d(x, self.stem_a_weight, self.stem_a_bias, padding=(1, 0)))
+        xb = F.relu(F.conv2d(x, self.stem_b_weight, self.stem_b_bias, padding=(0, 1)))
+        x = torch.cat((xa, xb), dim=2)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = F.max_pool2d(self.block2(x), 2)
+        x = F.max_pool2d(self.block3(x), 2)
+        x = self.block4(x)
+        x = F.relu(F.conv2d(x, self.conv5_weight, self.conv5_bias, padding=2))
+        tokens = x.contiguous().flatten(2)  # (B, 128, fusion_dim), NCHW order as the reference
+        h = F.gelu(self.proj_in(self.norm(tokens)))
+        res, gate = h.chunk(2, dim=-1)
+        gate = torch.tanh(torch.matmul(self.gate_weight, self.gate_norm(gate)) + self.gate_bias)
+        x = self.proj_out(gate * res) + tokens
+        return self.fc(F.relu(x).flatten(1))
+
+
+# ----------------------------------------------------------------------------- MS-SENet
+
+
+def _stack_directions(a: torch.Tensor, b: torch.Tensor) -> nn.Parameter:
+    return _frozen(torch.cat([a, b]))
+
+
+class InferenceMSSENet(nn.Module):
+    """MS-SENet for inference: both time directions in one grouped call per layer. (B, T, M) -> (B, K)."""
+
+    def __init__(self, model: MSSENet):
+        super().__init__()
+        self.num_classes, self.n_mfcc, self.n_filters = model.num_classes, model.n_mfcc, model.n_filters
+        fwd, bwd = model.forward_direction, model.backward_direction
+        self.fronts = []
+        for name in ("time", "freq", "square"):
+            (wf, bf), (wb, bb) = (
+                fold_batch_norm(getattr(d.front, f"conv_{name}").weight, getattr(d.front, f"conv_{name}").bias, getattr(d.front, f"bn_{name}"))
+                for d in (fwd, bwd)
+            )
+            setattr(self, f"{name}_weight", _stack_directions(wf, wb))  # (2F, 1, kh, kw): groups=2
+            setattr(self, f"{name}_bias", _stack_directions(bf, bb))
+        self.paddings = {"time": (5, 0), "freq": (0, 4), "square": (1, 1)}
+        # squeeze / excite as batched matmuls over the two directions: (2, F, F)
+        self.squeeze_weight = _frozen(torch.stack([fwd.front.squeeze.weight.t(), bwd.front.squeeze.weight.t()]))
+        self.squeeze_bias = _frozen(torch.stack([fwd.front.squeeze.bias, bwd.front.squeeze.bias])[:, None])
+        self.excite_weight = _frozen(torch.stack([fwd.front.excite.weight.t(), bwd.front.excite.weight.t()]))
+        self.excite_bias = _frozen(torch.stack([fwd.front.excite.bias, bwd.front.excite.bias])[:, None])
+        self.collapse_weight = _stack_directions(fwd.front.collapse.weight, bwd.front.collapse.weight)  # (2, F, 1, 1)
+        self.collapse_bias = _stack_directions(fwd.front.collapse.bias, bwd.front.collapse.bias)
+        self.project_weight = _stack_directions(fwd.front.project.weight, bwd.front.project.weight)  # (2F, 4M, 1)
+        self.project_bias = _stack_directions(fwd.front.project.bias, bwd.front.project.bias)
+        self.dilations = [block.dilation for block in fwd.blocks]
+        weights, biases = [], []
+        for block_f, block_b in zip(fwd.blocks, bwd.blocks):
+            for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
+                (wf, bf), (wb, bb) = (fold_batch_norm(getattr(b, conv).weight, getattr(b, conv).bias, getattr(b, bn)) for b in (block_f, block_b))
+                weights.append(_stack_directions(wf, wb))  # (2F, F, 2): groups=2
+                biases.append(_stack_directions(bf, bb))
+        self.block_weights = nn.ParameterList(weights)
+        self.block_biases = nn.ParameterList(biases)
+        self.fusion_weight = _frozen(model.fusion_weight)
+        self.classifier_weight = _frozen(model.classifier.weight)
+        self.classifier_bias = _frozen(model.classifier.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self, f"(B, T, {self.n_mfcc})", (None, None, self.n_mfcc), min_sizes=(1, 1, 1))
+        batch, frames, m = x.shape
+        nf = self.n_filters
+        mfcc = torch.stack((x, x.flip(1)), dim=1)  # (B, 2, T, M): the two directions as channels
+        branches = [
+            F.relu(F.conv2d(mfcc, getattr(self, f"{n}_weight"), getattr(self, f"{n}_bias"), padding=self.paddings[n], groups=2))
+            for n in ("time", "freq", "square")
+        ]
+        h = torch.cat(branches, dim=3)  # (B, 2F, T, 3M)
+        pooled = h.mean(dim=(2, 3)).view(batch, 2, nf).transpose(0, 1)  # (2, B, F)
+        squeezed = F.relu(torch.baddbmm(self.squeeze_bias, pooled, self.squeeze_weight))
+        scale = torch.sigmoid(torch.baddbmm(self.excite_bias, squeezed, self.excite_weight))  # (2, B, F)
+        # The SE scale of channel f multiplies the collapse weight of f instead of the (B, 2F, T, 3M) map.
+        scaled = scale.transpose(0, 1) * self.collapse_weight.view(1, 2, nf)  # (B, 2, F)
+        collapsed = torch.einsum("bdftm,bdf->bdtm", h.view(batch, 2, nf, frames, 3 * m), scaled)
+        collapsed = F.relu(collapsed + self.collapse_bias.view(1, 2, 1, 1))  # (B, 2, T, 3M)
+        front_in = torch.cat((collapsed, mfcc), dim=3).transpose(2, 3).reshape(batch, 2 * 4 * m, frames)
+        h = F.conv1d(front_in, self.project_weight, self.project_bias, groups=2)  # (B, 2F, T)
+        pooled_blocks = []
+        for j, dilation in enumerate(self.dilations):
+            g = h
+            for k in range(2):
+                g = F.relu(F.conv1d(F.pad(g, (dilation, 0)), self.block_weights[2 * j + k], self.block_biases[2 * j + k], dilation=dilation, groups=2))
+            h = h * torch.sigmoid(g)
+            pooled_blocks.append(h.mean(dim=2))
+        pooled = torch.stack(pooled_blocks, dim=1)  # (B, n, 2F)
+        pooled = pooled[..., :nf] + pooled[..., nf:]
+        fused = torch.einsum("bnf,n->bf", pooled, self.fusion_weight)
+        return F.linear(fused, self.classifier_weight, self.classifier_bias)
+
+
+# ----------------------------------------------------------------------------- AFCN
+
+
+class InferenceAFCN(nn.Module):
+    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); channels-last trunk, masking only where padded."""
+
+    def __init__(self, model: AFCN, channels_last: bool):
+        super().__init__()
+        self.num_classes, self.min_size, self.channels_last = model.num_classes, model.min_size, channels_last
+        self.trunk = [layer for layer in model.features if isinstance(layer, (nn.Conv2d, nn.MaxPool2d))]
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.conv_weights = nn.ParameterList(
+            [_frozen(layer.weight.contiguous(memory_format=memory_format)) for layer in self.trunk if isinstance(layer, nn.Conv2d)]
+        )
+        self.conv_biases = nn.ParameterList([_frozen(layer.bias) for layer in self.trunk if isinstance(layer, nn.Conv2d)])
+        self.attention = _frozen_copy(model.attention)
+        self.classifier = _frozen_copy(model.classifier)
+        self._check_lengths = model._check_lengths  # bound method: the reference's length rules
+
+    def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        m = self.min_size
+        x = check_input(x, self, "(B, 3, F, T)", (None, 3, None, None), min_sizes=(1, 3, m, m))
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, x)
+            if bool((lengths == x.shape[3]).all()):
+                lengths = None  # nothing padded: every mask would keep everything
+        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if lengths is not None:
+            h = AFCN._zero_beyond(h, lengths)
+        conv = 0
+        for layer in self.trunk:
+            if isinstance(layer, nn.Conv2d):
+                h = F.relu(F.conv2d(h, self.conv_weights[conv], self.conv_biases[conv], stride=layer.stride, padding=layer.padding))
+                conv += 1
+            else:
+                h = F.max_pool2d(h, layer.kernel_size, layer.stride)
+            if lengths is not None:
+                lengths = _out_size(lengths, layer)
+                h = AFCN._zero_beyond(h, lengths)  # ReLU(0) = 0: masking after the ReLU equals the reference's order
+        batch, _, freq, time = h.shape
+        a = h.contiguous().flatten(2).transpose(1, 2)  # (B, F'T', 256), position = f * T' + t
+        valid = None
+        if lengths is not None:
+            valid = torch.arange(time, device=h.device)[None, :] < lengths[:, None]
+            valid = valid[:, None, :].expand(batch, freq, time).reshape(batch, -1)
+        context, _ = self.attention(a, valid)
+        return self.classifier(context)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def prepare(
+    model: nn.Module,
+    merge_multiscale: bool | tuple[bool, bool, bool] = True,
+    channels_last: bool = True,
+    micro_batch: int | None = None,
+) -> nn.Module:
+    """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
+
+    Args:
+        model: the trained reference model (its BatchNorm running statistics are used); it is
+            not modified: the prepared module holds its own copies of the weights.
+        merge_multiscale: GLAM only. Merge each multi-scale block's 3x3 and 5x5 branches into one
+            5x5 convolution C -> 2C; one flag for all three blocks (C = 16, 32, 64) or one per block.
+        channels_last: run the convolutions on NHWC activations (GLAM, AFCN).
+        micro_batch: GLAM only. Run larger batches this many segments at a time (None: all at once).
+
+    Returns an eval-mode module on the model's device and dtype that takes the same input as the
+    reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
+    """
+    if isinstance(model, GLAM):
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch)
+    elif isinstance(model, MSSENet):
+        prepared = InferenceMSSENet(model)
+    elif isinstance(model, AFCN):
+        prepared = InferenceAFCN(model, channels_last)
+    else:
+        raise TypeError(f"prepare expects a glam_fast GLAM, MSSENet or AFCN model, got {type(model).__name__}")
+    return prepared.eval()
