@@ -152,7 +152,7 @@ def state(request):
 
 def test_model_step(case: Case, benchmark, state: SuiteState):
     spec, variant = MODELS[case.model], VARIANTS[case.variant]
-    reason = variant.unavailable(spec, "cpu")
+    reason = variant.unavailable(spec, "cpu", case.mode)
     if reason:
         state.skip(case, reason, "unavailable")
     if variant.backend == "triton":  # on the CPU only under TRITON_INTERPRET=1

@@ -299,7 +299,7 @@ class Runner:
     def run_config(self, config: Config, reference: torch.nn.Module) -> None:
         spec, variant = config.spec, config.variant
         label = f"{spec.name} {config.mode} {variant.name} {config.dtype}"
-        reason = variant.unavailable(spec, self.device)
+        reason = variant.unavailable(spec, self.device, config.mode)
         if reason:
             for batch in config.batches:
                 self.add(config, batch, "unavailable", reason)

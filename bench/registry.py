@@ -205,10 +205,12 @@ class Variant:
     cpu_suite: bool = True
     build: Callable[[nn.Module, BuildOptions], Callable[..., torch.Tensor]] | None = field(default=None, compare=False)
 
-    def unavailable(self, spec: ModelSpec, device: torch.device | str) -> str:
-        """'' when this variant can run ``spec`` on ``device``, else why not (dispatch's reason)."""
+    def unavailable(self, spec: ModelSpec, device: torch.device | str, mode: str = "inference") -> str:
+        """'' when this variant can run ``spec`` in ``mode`` on ``device``, else why not."""
         if self.backend == "torch":
             return ""
+        if self.backend == "cuda" and mode == "train":
+            return "the cuda backend runs inference only (its kernels have no backward)"
         try:
             with glam_fast.backend(self.backend):
                 dispatch.resolve(spec.op, torch.device(device))

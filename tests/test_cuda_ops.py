@@ -453,8 +453,9 @@ def test_gpu_argument_checks():
         ck.multiscale_block_inference(torch.randn(1, 4, 4, 16, device="cuda"), *args)
     with glam_fast.backend("cuda"):
         assert dispatch.resolve("multiscale_block_inference", "cuda") == "cuda"
-        with pytest.raises(BackendUnavailableError, match="no cuda implementation of 'glam'"):
-            dispatch.resolve("glam", "cuda")
+        assert dispatch.resolve("glam", "cuda") == "cuda"
+        with pytest.raises(BackendUnavailableError, match="no cuda implementation of 'afcn'"):
+            dispatch.resolve("afcn", "cuda")
 
 
 @pytest.mark.gpu

@@ -6,7 +6,7 @@ Without Triton the Triton ops are skipped, so ``import glam_fast`` and the PyTor
 work (the CUDA C++ ops need only torch to import).
 """
 
-from glam_fast.ops import cuda_kernels  # noqa: F401
+from glam_fast.ops import cuda_kernels, cuda_models  # noqa: F401
 
 try:
     import triton  # noqa: F401

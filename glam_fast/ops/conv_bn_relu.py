@@ -35,13 +35,7 @@ from glam_fast.ops.conv2d_nhwc import (
     pack_weight,
 )
 from glam_fast.ops.partial_sums import combine_moments
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the kernels run in: the autocast dtype inside ``torch.autocast`` for x's device, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+from glam_fast.ops.utils import compute_dtype
 
 
 def _check_conv_args(op: str, x: Tensor, weight: Tensor, *vectors: Tensor) -> None:

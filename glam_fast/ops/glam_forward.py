@@ -33,9 +33,10 @@ from glam_fast import dispatch
 from glam_fast.kernels import register_compile_specs
 from glam_fast.ops import batch_norm_nhwc, conv2d_nhwc, global_fusion, partial_sums
 from glam_fast.ops import stem as stem_op
-from glam_fast.ops.conv_bn_relu import compute_dtype, conv_bn_relu, conv_relu_inference, fold_conv_bn
+from glam_fast.ops.conv_bn_relu import conv_bn_relu, conv_relu_inference, fold_conv_bn
 from glam_fast.ops.multiscale_block import fold_multiscale_block, multiscale_block
 from glam_fast.ops.stem import stem, stem_inference
+from glam_fast.ops.utils import compute_dtype
 
 _CACHE_ATTR = "_glam_fast_folded"
 _BLOCKS = (("conv2", True), ("conv3", True), ("conv4", False))  # multi-scale blocks, pool after?

@@ -375,7 +375,7 @@ def stem(
 
     Returns (B, 2H, W, C) in the compute dtype.
     """
-    from glam_fast.ops.conv_bn_relu import compute_dtype
+    from glam_fast.ops.utils import compute_dtype
 
     bn_weight, bn_bias = torch.cat([bn_a[0], bn_b[0]]), torch.cat([bn_a[1], bn_b[1]])
     _check(x, conv_a_weight, conv_b_weight, bn_weight.shape[0])

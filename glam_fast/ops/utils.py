@@ -32,3 +32,10 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> torch.device:
     if len(set(devices.values())) > 1:
         raise ValueError(f"{op}: tensors are on different devices: {devices}")
     return next(iter(devices.values()))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the kernels run in: the autocast dtype inside ``torch.autocast`` for x's device, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
