@@ -32,11 +32,6 @@ EXPLAINED_SPILLS: dict[str, int] = {
     # map; the fp32 forward holds 3xTF32 operand pairs. Narrower chunks or more warps spill more.
     "attention_pool._attention_pool_backward_kernel": 256,
     "attention_pool._attention_pool_forward_kernel[fp32]": 256,
-    # GLAM stem backward: the three branches' BN/ReLU gradients live at once (sm_90 only, 32-64 B).
-    "stem._stem_backward_kernel[bf16,BATCH_STATS=0]": 64,
-    "stem._stem_backward_kernel[bf16,BATCH_STATS=1]": 64,
-    # 8 B at 96 registers on sm_80: ptxas's own choice at this occupancy, one 8-byte value.
-    "batch_norm_nhwc._bn_relu_pool_forward_kernel[bf16,N=128,POOL=0]": 8,
 }
 
 

@@ -30,6 +30,7 @@ from glam_fast.ops.partial_sums import combine_moments, sum_partials
 from glam_fast.ops.utils import empty_output
 
 _BLOCK_M = 256  # pixels per program
+_BACKWARD_BLOCK_M = 128  # the input-gradient kernel holds three branches' gradients: at 256 it spills on sm_90
 _NUM_WARPS = 8
 
 
@@ -292,10 +293,12 @@ def _stem_backward_op(
     _stem_backward_sums_kernel[(tiles,)](*params, partial, height, width, m, c, eps, BLOCK_M=_BLOCK_M, BLOCK_C=_block_c(c), num_warps=_NUM_WARPS)
     sums = sum_partials(partial)  # [sum dz ; sum dz * xhat], 2C each
     dx = empty_output(x.shape, dtype=x.dtype, device=x.device)
-    partial_w = empty_output((tiles, 8 * c), dtype=torch.float32, device=x.device)
-    _stem_backward_kernel[(tiles,)](
-        *params, sums, dx, partial_w, height, width, m, c, eps, BATCH_STATS=batch_stats, BLOCK_M=_BLOCK_M, BLOCK_C=_block_c(c), num_warps=_NUM_WARPS,
-    )
+    backward_tiles = triton.cdiv(m, _BACKWARD_BLOCK_M)
+    partial_w = empty_output((backward_tiles, 8 * c), dtype=torch.float32, device=x.device)
+    _stem_backward_kernel[(backward_tiles,)](
+        *params, sums, dx, partial_w, height, width, m, c, eps, BATCH_STATS=batch_stats, BLOCK_M=_BACKWARD_BLOCK_M, BLOCK_C=_block_c(c),
+        num_warps=_NUM_WARPS,
+    )  # fmt: skip
     grads = sum_partials(partial_w).view(8, c)
     dwa = grads[0:3].t().contiguous().view(c, 1, 3, 1)
     dwb = grads[4:7].t().contiguous().view(c, 1, 1, 3)
@@ -429,6 +432,6 @@ def kernel_specs(channels: int, *, dtype: str) -> list[KernelSpec]:
             "stem", f"_stem_backward_kernel[{dtype},BATCH_STATS={int(batch_stats)}]", _stem_backward_kernel,
             {**x_sig, "g_ptr": f"*{dtype}", "sums_ptr": "*fp32", "dx_ptr": f"*{dtype}", "partial_ptr": "*fp32", **dims,
              "BATCH_STATS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
-            {"BATCH_STATS": batch_stats, "BLOCK_M": _BLOCK_M, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
+            {"BATCH_STATS": batch_stats, "BLOCK_M": _BACKWARD_BLOCK_M, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
         ))  # fmt: skip
     return specs
