@@ -1,10 +1,11 @@
 """Write docs/results.md (and docs/results/*) from finished `glam-fast train` run folders.
 
-    python tools/results_report.py --out docs RUN_DIR[=COMMAND] ...
+    python tools/results_report.py --out docs [--note RUN_NAME=TEXT ...] RUN_DIR[=COMMAND] ...
 
 Each RUN_DIR holds run.json, summary.json and one metrics.json per fold (what `glam-fast train`
 writes). COMMAND, when given, is printed beside that run's numbers (the exact command that made
-it). For every run the per-fold metrics JSON is copied to docs/results/<run>/ and a confusion
+it); a --note is printed under that run's heading (e.g. how it departs from the recipe). For
+every run the per-fold metrics JSON is copied to docs/results/<run>/ and a confusion
 matrix summed over folds is plotted to docs/results/<run>-confusion.png.
 """
 
@@ -44,7 +45,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=COMMAND")
     parser.add_argument("--out", default="docs", help="docs folder (results.md and results/ are written there)")
+    parser.add_argument("--note", action="append", default=[], help="RUN_NAME=TEXT, printed under that run's heading")
     args = parser.parse_args()
+    notes = dict(note.split("=", 1) for note in args.note)
     out = Path(args.out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     table = ["| run | folds | WA % | UA % | macro-F1 % | weighted-F1 % |", "|---|---|---|---|---|---|"]
@@ -75,6 +78,8 @@ def main() -> int:
             f"lr {t['lr']}, seed {t['seed']}, {run['n_files'] - len(run['skipped'])} of {run['n_files']} files used.",
             "",
         ]
+        if name in notes:
+            lines += [notes[name], ""]
         if command:
             lines += ["```bash", command, "```", ""]
         lines += ["| fold | test speakers | selected epoch | WA % | UA % | macro-F1 % | weighted-F1 % |", "|---|---|---|---|---|---|---|"]
