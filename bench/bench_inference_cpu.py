@@ -11,7 +11,7 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
 - ``reference``: the model's eager forward (what ``model(x)`` runs on the CPU);
 - ``compiled-reference``: ``torch.compile(model)`` (inductor defaults);
 - ``prepared``: ``prepare(model)`` with its defaults (what the Scorer runs on the CPU);
-- GLAM only: ``prepared-micro-batch-32`` (batches run 32 segments at a time); with
+- GLAM only: ``prepared-whole-batch`` (no micro-batches: the whole batch at once); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-merge-none`` (the multi-scale branches as two
   convolutions), ``prepared-merge-first`` (only the 16-channel block merged), ``prepared-nchw``
   (no channels-last) and ``compiled-prepared`` (torch.compile of the prepared module).
@@ -41,7 +41,7 @@ GLAM_VARIANTS = {
     "reference": None,
     "compiled-reference": None,
     "prepared": {},
-    "prepared-micro-batch-32": {"micro_batch": 32},
+    "prepared-whole-batch": {"micro_batch": None},
 }
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
     GLAM_VARIANTS.update(

@@ -10,19 +10,17 @@ module that computes the same logits with less work:
   one GEMM instead of two and no concatenation).
 - **Channels-last** activations, so oneDNN runs the convolutions without reordering between
   layers (GLAM, AFCN).
-- **Micro-batches** (optional, off by default): a large batch is run ``micro_batch`` items at a
-  time so that each layer's activations stay closer to the CPU cache (PERFORMANCE.md: on a quiet
-  machine the eager GLAM runs about half as many segments/s at batch 256 as at batch 32; on a
-  loaded 2-core machine batch 256 was the faster one and micro-batches of 32 slowed it down).
+- **Micro-batches** (GLAM, default 32): a large batch is run ``micro_batch`` items at a time so
+  that each layer's activations stay in the CPU cache. On a quiet 2-core machine this made batch
+  256 run 1.8-1.9x the eager reference instead of 1.3-1.5x (``cpu-inference-run4-quiet.json``);
+  only on a heavily loaded machine was it slower.
 - MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
   each layer is one call instead of two.
 - AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
 
 The choices that only pay off on some machines are arguments. The defaults (branches merged,
-channels-last, no micro-batches) come from interleaved measurements on a 2-core CPU machine
-while other jobs were loading it heavily
-(``bench/bench_inference_cpu.py``, results in ``bench/results/``); they should be checked again
-on a quiet machine. The prepared module holds copies of the folded weights (the source model is
+channels-last, micro-batches of 32) come from interleaved measurements on a 2-core CPU machine
+(``bench/bench_inference_cpu.py``, results in ``bench/results/``). The prepared module holds copies of the folded weights (the source model is
 left as it is), has no gradients, and raises on input the reference would reject.
 """
 
@@ -294,7 +292,7 @@ def prepare(
     model: nn.Module,
     merge_multiscale: bool | tuple[bool, bool, bool] = True,
     channels_last: bool = True,
-    micro_batch: int | None = None,
+    micro_batch: int | None = 32,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -305,6 +303,7 @@ def prepare(
             5x5 convolution C -> 2C; one flag for all three blocks (C = 16, 32, 64) or one per block.
         channels_last: run the convolutions on NHWC activations (GLAM, AFCN).
         micro_batch: GLAM only. Run larger batches this many segments at a time (None: all at once).
+            Batches up to this size run as they are.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
