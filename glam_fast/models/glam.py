@@ -15,6 +15,8 @@ from glam_fast import dispatch
 from glam_fast.models._checks import check_input
 
 N_CHANNELS = 128  # channels after conv5 = tokens of the global-aware fusion
+# The multi-scale blocks in order, each with whether a 2x2 max-pool follows it (forward_reference).
+MULTISCALE_BLOCKS = (("conv2", True), ("conv3", True), ("conv4", False))
 
 
 class ResMultiConv(nn.Module):

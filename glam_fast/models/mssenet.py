@@ -104,7 +104,10 @@ class MSSENetDirection(nn.Module):
         self.blocks = nn.ModuleList(TemporalAwareBlock(n_filters, 2**j, block_dropout) for j in range(n_blocks))
 
     def forward(self, mfcc: torch.Tensor) -> list[torch.Tensor]:
-        h = self.front(mfcc)
+        return self.run_blocks(self.front(mfcc))
+
+    def run_blocks(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The TAB stack on the front end's output h (B, F, T): every block's output (B, F, T)."""
         outputs = []
         for block in self.blocks:
             h = block(h)
@@ -166,8 +169,10 @@ class MSSENet(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The plain-PyTorch forward (no input checks). Dropout masks: forward direction first."""
-        forward_outputs = self.forward_direction(x)
-        backward_outputs = self.backward_direction(x.flip(1))
+        return self.fuse(self.forward_direction(x), self.backward_direction(x.flip(1)))
+
+    def fuse(self, forward_outputs: list[torch.Tensor], backward_outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Dynamic fusion + classifier: both directions' block outputs (B, F, T) each -> logits."""
         pooled = torch.stack([(f + b).mean(dim=2) for f, b in zip(forward_outputs, backward_outputs)], dim=1)  # (B, n, F)
         fused = torch.einsum("bnf,n->bf", pooled, self.fusion_weight)
         return self.classifier(fused)

@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from glam_fast import dispatch
 from glam_fast.dispatch import BackendUnavailableError
+from glam_fast.models.glam import MULTISCALE_BLOCKS
 from glam_fast.ops import cuda_kernels
 from glam_fast.ops.utils import compute_dtype
-
-_GLAM_BLOCKS = (("conv2", True), ("conv3", True), ("conv4", False))  # multi-scale blocks, pool after?
 
 
 def _require_eval(model: nn.Module, name: str) -> None:
@@ -53,7 +52,7 @@ def glam_forward(model: nn.Module, x: Tensor, *, emulate: bool = False) -> Tenso
         x.to(dtype).contiguous(), model.conv1a.weight, model.conv1a.bias, model.conv1b.weight, model.conv1b.bias,
         *_bn(model.bn1a), *_bn(model.bn1b), model.bn1a.eps, emulate=emulate,
     )  # fmt: skip
-    for name, pool in _GLAM_BLOCKS:
+    for name, pool in MULTISCALE_BLOCKS:
         block = getattr(model, name)
         h = cuda_kernels.multiscale_block_inference(
             h, block.conv3.weight, block.conv3.bias, block.conv5.weight, block.conv5.bias, *_bn(block.bn), block.bn.eps, pool,
@@ -77,15 +76,8 @@ def mssenet_forward(model: nn.Module, x: Tensor, *, emulate: bool = False) -> Te
     fronts = cuda_kernels.squeeze_excite_inference(x.to(dtype).contiguous(), directions[0].front, directions[1].front, eps, emulate=emulate)
     param_dtype = model.classifier.weight.dtype
     with torch.autocast(x.device.type, enabled=False):
-        outputs = []
-        for direction, h in zip(directions, fronts.to(param_dtype)):  # (B, F, T) each
-            means = []
-            for block in direction.blocks:
-                h = block(h)
-                means.append(h.mean(dim=2))
-            outputs.append(torch.stack(means, dim=1))  # (B, n, F)
-        pooled = outputs[0] + outputs[1]  # mean(f + b) = mean(f) + mean(b)
-        logits = model.classifier(torch.einsum("bnf,n->bf", pooled, model.fusion_weight))
+        outputs = [direction.run_blocks(h) for direction, h in zip(directions, fronts.to(param_dtype))]  # (B, F, T) each
+        logits = model.fuse(*outputs)
     return logits.to(dtype)
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from glam_fast import dispatch
 from glam_fast.kernels import register_compile_specs
+from glam_fast.models.glam import MULTISCALE_BLOCKS
 from glam_fast.ops import batch_norm_nhwc, conv2d_nhwc, global_fusion, partial_sums
 from glam_fast.ops import stem as stem_op
 from glam_fast.ops.conv_bn_relu import conv_bn_relu, conv_relu_inference, fold_conv_bn
@@ -39,7 +40,6 @@ from glam_fast.ops.stem import stem, stem_inference
 from glam_fast.ops.utils import compute_dtype
 
 _CACHE_ATTR = "_glam_fast_folded"
-_BLOCKS = (("conv2", True), ("conv3", True), ("conv4", False))  # multi-scale blocks, pool after?
 STEM_CHANNELS = 16
 # (C in, N out, pool) of the convolutions after the stem: multi-scale blocks (C -> 2C) and conv5
 CONV_LAYERS = ((16, 32, True), (32, 64, True), (64, 128, False), (128, 128, False))
@@ -89,7 +89,7 @@ def _forward_differentiable(model: nn.Module, x: Tensor) -> Tensor:
         x, model.conv1a.weight, model.conv1a.bias, model.conv1b.weight, model.conv1b.bias, bn_a, bn_b,
         training=training, momentum=stem_momentum, eps=model.bn1a.eps,
     )  # fmt: skip
-    for name, pool in _BLOCKS:
+    for name, pool in MULTISCALE_BLOCKS:
         block = getattr(model, name)
         bn = block.bn
         h = multiscale_block(
@@ -125,7 +125,7 @@ def fold(model: nn.Module, dtype: torch.dtype) -> FoldedGLAM:
         stem_bn = tuple(torch.cat([getattr(bn, attr) for bn in bns]).float() for attr in ("weight", "bias", "running_mean", "running_var"))
         stem_params = (model.conv1a.weight, model.conv1a.bias, model.conv1b.weight, model.conv1b.bias, *stem_bn)
         blocks = []
-        for name, _ in _BLOCKS:
+        for name, _ in MULTISCALE_BLOCKS:
             block = getattr(model, name)
             bn = block.bn
             blocks.append(
@@ -174,7 +174,7 @@ def _forward_inference(model: nn.Module, x: Tensor) -> Tensor:
     dtype = compute_dtype(x)
     params = folded(model, dtype)
     h = stem_inference(x.to(dtype), *params.stem, params.stem_eps)
-    for (weight, bias), (_, pool) in zip(params.blocks, _BLOCKS):
+    for (weight, bias), (_, pool) in zip(params.blocks, MULTISCALE_BLOCKS):
         h = conv_relu_inference(h, weight, bias, 5, pool=pool)
     tokens = conv_relu_inference(h, *params.conv5, 5, channels_first_out=True)
     return global_fusion.global_fusion_head(tokens.flatten(2), *params.head)
