@@ -5,6 +5,8 @@ the reference model in float64; the dispatch wiring and the refusals (training m
 gradients). With a GPU (marked gpu): ``backend("cuda")`` on the real kernels.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -28,8 +30,6 @@ def mssenet_model(seed: int = 0) -> MSSENet:
 
 def reference(model, x):
     """The model's own forward in float64 on a copy (the original keeps its dtype)."""
-    import copy
-
     with torch.no_grad(), glam_fast.backend("torch"):
         return copy.deepcopy(model).double()(x.double())
 
