@@ -16,7 +16,8 @@
 # named by GLAM_FAST_WHEELS: they are installed with `pip --no-index --no-deps` into a temporary
 # folder put on PYTHONPATH. Other settings: PYTHON (default python3), GLAM_FAST_CUDA_ARCHS (default:
 # the GPU's own architecture), GLAM_FAST_GPU_ARGS (extra arguments for `python -m bench.gpu`),
-# GLAM_FAST_BENCH_COMMIT (the commit to record when the tree has no .git).
+# GLAM_FAST_BENCH_COMMIT (the commit to record when the tree has no .git), GLAM_FAST_LIMIT_<STAGE>
+# (a stage's time limit in seconds). pytest options such as `-n 8` (pytest-xdist) go in PYTEST_ADDOPTS.
 #
 # Each stage runs under a time limit and a failing stage does not stop the later ones. OUTDIR
 # receives at most 8 plain files: summary.txt, junit.xml, logs.tar.gz (every log), report.tar.gz
@@ -24,7 +25,7 @@
 
 set -u -o pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 QUICK="" DRY_RUN="" STAGES="build,info,tests,compile,bench,report" OUTDIR=""
 while [ $# -gt 0 ]; do
@@ -53,9 +54,11 @@ mkdir -p "$LOGS" "$RESULTS"
 : > "$LOGS/stages.tsv"
 export PYTHONUNBUFFERED=1
 
-# Time limits per stage, in seconds.
-T_BUILD=900 T_INFO=120 T_TESTS=900 T_COMPILE=600 T_REPORT=300
+# Time limits per stage, in seconds; GLAM_FAST_LIMIT_<STAGE> overrides one (e.g. to fit a job slot).
+T_BUILD=${GLAM_FAST_LIMIT_BUILD:-900} T_INFO=${GLAM_FAST_LIMIT_INFO:-120} T_TESTS=${GLAM_FAST_LIMIT_TESTS:-900}
+T_COMPILE=${GLAM_FAST_LIMIT_COMPILE:-600} T_REPORT=${GLAM_FAST_LIMIT_REPORT:-300}
 if [ -n "$DRY_RUN" ]; then T_BENCH=900; elif [ -n "$QUICK" ]; then T_BENCH=420; else T_BENCH=1000; fi
+T_BENCH=${GLAM_FAST_LIMIT_BENCH:-$T_BENCH}
 
 wanted() { case ",$STAGES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
