@@ -20,7 +20,7 @@
 # (a stage's time limit in seconds). pytest options such as `-n 8` (pytest-xdist) go in PYTEST_ADDOPTS.
 #
 # Each stage runs under a time limit and a failing stage does not stop the later ones. OUTDIR
-# receives at most 8 plain files: summary.txt, junit.xml, logs.tar.gz (every log), report.tar.gz
+# receives at most 8 plain files: summary.txt, junit-cpu.xml and junit-gpu.xml, logs.tar.gz (every log), report.tar.gz
 # (README.md + plots regenerated with the new results) and the GPU runner's result JSON.
 
 set -u -o pipefail
@@ -102,7 +102,11 @@ if wanted info; then
 fi
 
 if wanted tests; then
-  run_stage tests "$T_TESTS" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$LOGS/junit.xml"
+  # Two passes (tests/conftest.py): the CPU suite under the Triton interpreter, then the GPU tests.
+  run_stage tests-cpu "$T_TESTS" env TRITON_INTERPRET=1 "$PY" -m pytest -q -rsfE --tb=short -p no:cacheprovider \
+    -m "not gpu" --junitxml="$LOGS/junit-cpu.xml"
+  run_stage tests-gpu "$T_TESTS" env -u TRITON_INTERPRET "$PY" -m pytest -q -rsfE --tb=short -p no:cacheprovider \
+    -m gpu --junitxml="$LOGS/junit-gpu.xml"
 fi
 
 if wanted compile; then
@@ -137,10 +141,10 @@ if wanted report; then
 fi
 
 # Collect: a few plain files, no deeper than OUTDIR itself.
-"$PY" -m bench.summary --stages "$LOGS/stages.tsv" --junit "$LOGS/junit.xml" --results "$RESULTS" > "$LOGS/summary.txt" 2>&1 \
+"$PY" -m bench.summary --stages "$LOGS/stages.tsv" --junit "$LOGS/junit-cpu.xml" "$LOGS/junit-gpu.xml" --results "$RESULTS" > "$LOGS/summary.txt" 2>&1 \
   || cat "$LOGS/stages.tsv" > "$LOGS/summary.txt"
 cp "$LOGS/summary.txt" "$OUTDIR/summary.txt"
-[ -f "$LOGS/junit.xml" ] && cp "$LOGS/junit.xml" "$OUTDIR/junit.xml"
+cp "$LOGS"/junit-*.xml "$OUTDIR/" 2>/dev/null
 cp "$RESULTS"/*.json "$OUTDIR/" 2>/dev/null
 tar -czf "$OUTDIR/logs.tar.gz" -C "$WORK" logs
 [ -f "$WORK/report/README.md" ] && tar -czf "$OUTDIR/report.tar.gz" -C "$WORK/report" README.md $(cd "$WORK/report" && ls -d plots 2>/dev/null)

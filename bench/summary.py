@@ -36,6 +36,15 @@ def test_counts(path: Path) -> str:
     return f"tests: {passed} passed, {total['failures']} failed, {total['errors']} errors, {total['skipped']} skipped"
 
 
+def failed_tests(path: Path, limit: int = 60) -> list[str]:
+    """Ids (file::name) of the failed and errored tests in a JUnit XML file, at most ``limit``."""
+    names = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            names.append(f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}")
+    return names[:limit] + ([f"... and {len(names) - limit} more"] if len(names) > limit else [])
+
+
 def comparison_lines(results: list[dict]) -> list[str]:
     lines = [f"{'model':<9} {'mode':<10} {'batch':>5}  {'best glam_fast':<34} {'best peer':<40} {'ratio':>6}"]
     for result in results:
@@ -60,19 +69,21 @@ def comparison_lines(results: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", type=Path)
-    p.add_argument("--junit", type=Path)
+    p.add_argument("--junit", type=Path, nargs="*", default=[], help="JUnit XML files (one per test pass)")
     p.add_argument("--results", type=Path, nargs="*", default=[])
     args = p.parse_args(argv)
     out: list[str] = []
     if args.stages and args.stages.exists():
         out += stage_lines(args.stages) + [""]
-    if args.junit and args.junit.exists():
+    for junit in args.junit:
+        if not junit.exists():
+            out.append(f"tests: no {junit.name} (the test stage did not finish)")
+            continue
         try:
-            out.append(test_counts(args.junit))
+            out.append(test_counts(junit).replace("tests:", f"tests ({junit.stem}):", 1))
+            out += [f"  FAILED {name}" for name in failed_tests(junit)]
         except ET.ParseError as err:
-            out.append(f"tests: {args.junit.name} is not readable ({err})")
-    else:
-        out.append("tests: no JUnit XML (the test stage did not finish)")
+            out.append(f"tests: {junit.name} is not readable ({err})")
     results = []
     for path in args.results:
         for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:

@@ -1,4 +1,13 @@
-"""Test configuration: Triton kernels run on CPU tensors under the interpreter when no GPU is present."""
+"""Test configuration.
+
+Triton decides at import whether kernels are compiled or interpreted, so one process runs either the
+CPU tests (Triton kernels on CPU tensors under TRITON_INTERPRET=1) or the GPU tests (marked ``gpu``:
+compiled kernels on CUDA tensors), not both. Without a GPU the interpreter is switched on and the GPU
+tests skip. On a machine with a GPU, run the two passes (bench/gpu_check.sh does):
+
+    TRITON_INTERPRET=1 pytest -m "not gpu"     # the CPU suite
+    pytest -m gpu                              # compiled kernels on the GPU
+"""
 
 import os
 
@@ -16,13 +25,19 @@ if not torch.cuda.is_available():
 os.environ.setdefault("GLAM_FAST_POISON", "1")
 
 
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    if not torch.cuda.is_available():
+        skip, skip_gpu_tests = pytest.mark.skip(reason="needs a CUDA device"), True
+    elif INTERPRETING:
+        skip, skip_gpu_tests = pytest.mark.skip(reason="GPU tests run compiled Triton: run them without TRITON_INTERPRET"), True
+    else:
+        skip, skip_gpu_tests = pytest.mark.skip(reason="CPU tests run Triton under its interpreter: run them with TRITON_INTERPRET=1"), False
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        if ("gpu" in item.keywords) == skip_gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture
