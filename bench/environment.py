@@ -17,7 +17,7 @@ import glam_fast
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 SCHEMA = "glam_fast.bench/1"
-COMMIT_ENV = "GLAM_FAST_BENCH_COMMIT"  # for checkouts without .git (e.g. a copied tree)
+COMMIT_ENV = "GLAM_FAST_BENCH_COMMIT"  # for copied trees (no .git, or a stale one)
 
 
 def slug(text: str) -> str:
@@ -51,7 +51,10 @@ def device_slug(device: torch.device) -> str:
 
 
 def git_commit() -> tuple[str, bool | None]:
-    """(short commit, dirty) of the checkout; (``$GLAM_FAST_BENCH_COMMIT`` or 'unknown', None) without git."""
+    """(short commit, dirty) of the checkout. ``$GLAM_FAST_BENCH_COMMIT``, when set, wins (a copied
+    tree's .git may be stale): (its value, None); without either: ('unknown', None)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV][:10], None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
@@ -61,7 +64,7 @@ def git_commit() -> tuple[str, bool | None]:
             return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return os.environ.get(COMMIT_ENV, "unknown"), None
+    return "unknown", None
 
 
 def _triton_version() -> str | None:

@@ -5,6 +5,7 @@
 # with every log and result collected into OUTDIR and a short summary printed last.
 #
 #   bench/gpu_check.sh [--quick] [--dry-run] [--stages build,info,tests,compile,bench,report] OUTDIR
+#   (stage "tests" is the two passes "tests-cpu" and "tests-gpu", which can also be named alone)
 #
 #   --quick    the GPU runner's quick profile (~3 min instead of ~11)
 #   --dry-run  the GPU runner in dry-run mode on the CPU (checks this script on a machine without a GPU)
@@ -25,7 +26,7 @@
 
 set -u -o pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 QUICK="" DRY_RUN="" STAGES="build,info,tests,compile,bench,report" OUTDIR=""
 while [ $# -gt 0 ]; do
@@ -101,10 +102,13 @@ if wanted info; then
   timeout "$T_INFO" "$PY" -m glam_fast info --json > "$LOGS/info.json" 2>> "$LOGS/info.log"
 fi
 
-if wanted tests; then
-  # Two passes (tests/conftest.py): the CPU suite under the Triton interpreter, then the GPU tests.
+# Two test passes (tests/conftest.py): the CPU suite under the Triton interpreter, then the GPU
+# tests compiled. Stage "tests" runs both; "tests-cpu" / "tests-gpu" one.
+if wanted tests || wanted tests-cpu; then
   run_stage tests-cpu "$T_TESTS" env TRITON_INTERPRET=1 "$PY" -m pytest -q -rsfE --tb=short -p no:cacheprovider \
     -m "not gpu" --junitxml="$LOGS/junit-cpu.xml"
+fi
+if wanted tests || wanted tests-gpu; then
   run_stage tests-gpu "$T_TESTS" env -u TRITON_INTERPRET "$PY" -m pytest -q -rsfE --tb=short -p no:cacheprovider \
     -m gpu --junitxml="$LOGS/junit-gpu.xml"
 fi

@@ -148,13 +148,16 @@ def test_gpu_bf16_variable_lengths_match_reference():
     ref = copy.deepcopy(net).double()
     lengths = torch.randint(net.min_size, 400, (64,), device="cuda")
     x = torch.randn(64, 3, 128, 400, device="cuda")
+    eager_net = copy.deepcopy(net)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = fused(net, x, lengths)
-        eager = reference(copy.deepcopy(net), x, lengths)
+        eager = reference(eager_net, x, lengths)
     want = reference(ref, x.double(), lengths)
     assert rel_err(out, want) <= 2 * rel_err(eager, want) + 1e-3
     upstream = torch.randn_like(want)
-    (out.double() * upstream).sum().backward()
-    want.mul(upstream).sum().backward()
-    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
-        assert rel_err(p.grad, q.grad) < 5e-2, name
+    for o in (out, eager, want):
+        (o.double() * upstream).sum().backward()
+    # Each gradient within twice eager autocast's own error (the first convolution's weight gradient
+    # sums bf16 products over every output pixel: eager's error there is far above 5e-2 too).
+    for (name, p), e, q in zip(net.named_parameters(), eager_net.parameters(), ref.parameters()):
+        assert rel_err(p.grad, q.grad) <= max(2 * rel_err(e.grad, q.grad), 5e-2), name

@@ -5,6 +5,7 @@ the reference model in float64; the dispatch wiring and the refusals (training m
 gradients). With a GPU (marked gpu): ``backend("cuda")`` on the real kernels.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -88,10 +89,16 @@ def test_dispatch_wiring():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_models_on_the_cuda_backend_equal_reference(dtype):
     tolerance = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
-    glam, mssenet = glam_model().cuda(), mssenet_model().cuda()
+    glam, mssenet = glam_model().cuda().eval(), mssenet_model().cuda().eval()
     x_glam, x_mssenet = torch.randn(64, 1, 26, 57, device="cuda"), torch.randn(16, 188, 39, device="cuda")
+    want_glam, want_mssenet = reference(glam, x_glam), reference(mssenet, x_mssenet)
+    # fp32 models; half precision the way users ask for it: autocast.
+    half = torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with torch.no_grad(), glam_fast.backend("cuda"), half:
+        got_glam, got_mssenet = glam(x_glam), mssenet(x_mssenet)
+    assert got_glam.dtype == dtype
+    assert rel_err(got_glam, want_glam) < tolerance
+    assert rel_err(got_mssenet, want_mssenet) < tolerance
     with torch.no_grad(), glam_fast.backend("cuda"):
-        assert rel_err(glam(x_glam.to(dtype)), reference(glam, x_glam.to(dtype))) < tolerance
-        assert rel_err(mssenet(x_mssenet.to(dtype)), reference(mssenet, x_mssenet.to(dtype))) < tolerance
         with pytest.raises(BackendUnavailableError, match="no cuda implementation of 'afcn'"):
             AFCN().cuda().eval()(torch.randn(2, 3, 64, 64, device="cuda"))

@@ -448,15 +448,27 @@ def test_gpu_bf16_autocast_training_step_within_twice_eager_autocast_error():
 
 
 @pytest.mark.gpu
-def test_gpu_fp32_training_step():
-    """fp32 on a GPU: tl.dot follows torch.backends.cudnn.allow_tf32 (TF32 by default, ~1e-3)."""
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gpu_fp32_training_step(tf32, monkeypatch):
+    """fp32 on a GPU: tl.dot follows torch.backends.cudnn.allow_tf32, as PyTorch's convolutions do.
+    Without TF32 every gradient matches float64 to 1e-2; with it (PyTorch's default) the BatchNorm
+    backward's cancellation amplifies TF32 rounding in the stem's weight gradient, so each error is
+    held to a small multiple of eager PyTorch's own TF32 error."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     model = _model((26, 57)).train().cuda()
-    reference = copy.deepcopy(model).double()
+    eager, reference = copy.deepcopy(model), copy.deepcopy(model).double()
     x = torch.randn(256, 1, 26, 57, device="cuda")
     out = _fused(model, x)
+    eager_out = eager.forward_reference(x)
     ref = reference.forward_reference(x.double())
-    assert rel_err(out, ref) < 3e-3
+    assert rel_err(out, ref) <= max(2 * rel_err(eager_out, ref), 3e-3)
     grad = torch.randn_like(out)
-    out.backward(grad)
-    ref.backward(grad.double())
-    _assert_grads_match(model, reference, training=True, tol=1e-2)
+    for o in (out, eager_out, ref):
+        o.backward(grad.to(o.dtype))
+    if not tf32:
+        _assert_grads_match(model, reference, training=True, tol=1e-2)
+        return
+    for (name, p), e, r in zip(model.named_parameters(), eager.parameters(), reference.parameters()):
+        if name not in CANCELLED_IN_TRAINING:
+            # 3x: Triton and cuDNN convert fp32 operands to TF32 differently (truncation vs rounding).
+            assert rel_err(p.grad, r.grad) <= max(3 * rel_err(e.grad, r.grad), 1e-2), name

@@ -32,6 +32,12 @@ EXPLAINED_SPILLS: dict[str, int] = {
     # map; the fp32 forward holds 3xTF32 operand pairs. Narrower chunks or more warps spill more.
     "attention_pool._attention_pool_backward_kernel": 256,
     "attention_pool._attention_pool_forward_kernel[fp32]": 256,
+    # GLAM head in fp32 without TF32 (PyTorch's default matmul precision): tl.dot in "ieee" runs on
+    # FMA units and holds whole fp32 operand tiles in registers. With
+    # torch.backends.cuda.matmul.allow_tf32 set the kernels use TF32 and do not spill; fp16/bf16 never do.
+    "global_fusion._global_fusion_forward_kernel[fp32]": 1600,
+    "global_fusion._global_fusion_backward_kernel[fp32]": 2700,
+    "global_fusion._global_fusion_weight_grad_kernel[fp32]": 4400,
 }
 
 

@@ -273,13 +273,18 @@ def multiscale_block_inference_ref(
     bn_weight: Tensor, bn_bias: Tensor, bn_running_mean: Tensor, bn_running_var: Tensor, bn_eps: float,
     pool: bool,
 ) -> Tensor:  # fmt: skip
-    """Plain PyTorch, unfused, same arguments and layout as :func:`multiscale_block_inference`."""
-    x = x.permute(0, 3, 1, 2)
+    """Plain PyTorch, unfused, same arguments and layout as :func:`multiscale_block_inference`
+    (computed in the wider of ``x``'s and the parameters' dtypes, returned in ``x``'s)."""
+    dtype, compute = x.dtype, torch.promote_types(x.dtype, conv3_weight.dtype)
+    x = x.permute(0, 3, 1, 2).to(compute)
+    conv3_weight, conv3_bias, conv5_weight, conv5_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var = (
+        t.to(compute) for t in (conv3_weight, conv3_bias, conv5_weight, conv5_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var)
+    )
     y = torch.cat((F.conv2d(x, conv3_weight, conv3_bias, padding=1) + x, F.conv2d(x, conv5_weight, conv5_bias, padding=2) + x), 1)
     y = F.relu(F.batch_norm(y, bn_running_mean, bn_running_var, bn_weight, bn_bias, training=False, eps=bn_eps))
     if pool:
         y = F.max_pool2d(y, 2)
-    return y.permute(0, 2, 3, 1).contiguous()
+    return y.permute(0, 2, 3, 1).to(dtype).contiguous()
 
 
 @dispatch.register("conv_bn_relu_inference", "cuda")

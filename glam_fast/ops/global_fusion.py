@@ -535,10 +535,9 @@ _PARAM_NAMES = (
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 GEMMs run on tensor cores in TF32 (as cuDNN runs GLAM's fp32 convolutions by default).
-    # "tf32x3" (near-fp32) was measured to need twice the shared memory for the loop-invariant
-    # 128×128 token-mixing operand and to spill on sm_80. Half-precision inputs ignore the setting.
-    return "tf32" if dtype == torch.float32 else "ieee"
+    # The head is linear layers: fp32 GEMMs use TF32 tensor cores only where PyTorch's own matmuls
+    # would (torch.backends.cuda.matmul.allow_tf32, off by default). Half-precision inputs ignore it.
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _token_dim_pad(d: int) -> int:
