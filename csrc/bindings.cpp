@@ -6,7 +6,6 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -37,11 +36,11 @@ struct TensorRef {
 };
 
 std::string join(const std::vector<int64_t>& v) {
-  std::ostringstream out;
-  out << "(";
-  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
-  out << (v.size() == 1 ? ",)" : ")");
-  return out.str();
+  // std::to_string, not an ostringstream: iostreams touch the C++ locale, which crashed where the
+  // module's libstdc++ and the one already loaded in the process (torch's) disagree.
+  std::string out = "(";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+  return out + (v.size() == 1 ? ",)" : ")");
 }
 
 // Where kernels may run: the CUDA launchers want CUDA tensors on one device, the host emulation

@@ -4,7 +4,8 @@ A user asks for a backend with the environment variable ``GLAM_FAST_BACKEND`` (r
 needed) or, scoped and thread-safe, with ``with glam_fast.backend("triton"): ...``. ``auto`` (the
 default) picks, per op and per device: the PyTorch reference on the CPU; on a GPU the Triton
 kernel, or the CUDA C++ kernel where that was measured faster on this device model and shape
-(see :mod:`glam_fast.backend_tuning`; with no measurement ``auto`` never picks ``cuda``). Asking
+(see :mod:`glam_fast.backend_tuning`; with no measurement ``auto`` never picks ``cuda``), except
+for the ops in ``AUTO_KEEPS_REFERENCE_ON_GPU`` (fused form measured slower than the reference). Asking
 explicitly for a backend that cannot run an op on a device is an error that says why: a fused
 path never silently falls back to PyTorch.
 
@@ -207,8 +208,18 @@ def _resolve(
     return requested
 
 
+# Ops whose fused forms were measured slower than the PyTorch reference on a GPU: ``auto`` runs the
+# reference for them (an explicit backend("triton") still runs the fused path).
+AUTO_KEEPS_REFERENCE_ON_GPU = {
+    # H100, bf16 autocast, inference and training at batch 1 and 1024: 0.93-0.96x eager (the
+    # fused attention pooling is a small part of the step; the AlexNet trunk is cuDNN either way).
+    # bench/results/nvidia-h100-80gb-hbm3-20261122-222537-42e5966373.json
+    "afcn": "fused AFCN measured 0.93-0.96x eager PyTorch on an H100",
+}
+
+
 def _auto_choice(op: str, device: torch.device, bucket: str | None, runner: Callable[[str], Callable[[], object]] | None) -> str:
-    if device.type != "cuda":
+    if device.type != "cuda" or op in AUTO_KEEPS_REFERENCE_ON_GPU:
         return "torch"
     fused = [name for name in ("triton", "cuda") if not _missing_for_op(op, name, device)]
     if "cuda" not in fused:

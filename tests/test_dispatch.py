@@ -105,6 +105,16 @@ def test_auto_on_cuda_prefers_a_fused_backend(dummy_op):
         assert dispatch.resolve(dummy_op, torch.device("cuda")) == "triton"
 
 
+def test_auto_on_cuda_keeps_the_reference_where_fused_was_measured_slower(monkeypatch):
+    monkeypatch.setattr(dispatch, "_missing_for_op", lambda op, name, device: "")  # as if on a GPU
+    with glam_fast.backend("auto"):
+        assert dispatch.resolve("afcn", torch.device("cuda")) == "torch"
+        assert dispatch.resolve("mssenet", torch.device("cuda")) == "triton"
+        assert dispatch.resolve("afcn", torch.device("cpu")) == "torch"
+    with glam_fast.backend("triton"):
+        assert dispatch.resolve("afcn", torch.device("cuda")) == "triton"  # asked for explicitly
+
+
 def test_models_compile_fullgraph_through_the_dispatch_point():
     """Dynamo cannot trace the ContextVar behind the request: resolve() must still compile."""
     torch.manual_seed(0)
