@@ -74,12 +74,11 @@ def test_inference_matches_reference(batch, shape):
     assert rel_err(out, ref) < FP32_TOL
 
 
-def test_training_step_matches_reference():
-    """Logits, the input's and every parameter's gradient, every BatchNorm buffer after one step."""
-    shape, batch = (26, 57), 1
-    model = _model(shape).train()
+def _compare_forward_backward(model, x, training):
+    """One fused forward + backward of ``model`` against its float64 copy run by the reference:
+    logits, the input's gradient and every parameter's. Returns the float64 copy (after its step)."""
     reference = copy.deepcopy(model).double()
-    x = torch.randn(batch, 1, *shape, requires_grad=True)
+    x = x.requires_grad_()
     x_ref = x.detach().double().requires_grad_()
     out = _fused(model, x)
     ref = reference.forward_reference(x_ref)
@@ -88,7 +87,15 @@ def test_training_step_matches_reference():
     out.backward(grad)
     ref.backward(grad.double())
     assert rel_err(x.grad, x_ref.grad) < FP32_TOL
-    _assert_grads_match(model, reference, training=True)
+    _assert_grads_match(model, reference, training=training)
+    return reference
+
+
+def test_training_step_matches_reference():
+    """Logits, the input's and every parameter's gradient, every BatchNorm buffer after one step."""
+    shape, batch = (26, 57), 1
+    model = _model(shape).train()
+    reference = _compare_forward_backward(model, torch.randn(batch, 1, *shape), training=True)
     ref_buffers = dict(reference.named_buffers())
     for name, buffer in model.named_buffers():
         if name.endswith("num_batches_tracked"):
@@ -100,17 +107,8 @@ def test_training_step_matches_reference():
 def test_eval_with_gradients_uses_running_statistics():
     shape = (10, 17)
     model = _model(shape, seed=1, calibrated=True).eval()
-    reference = copy.deepcopy(model).double()
-    x = torch.randn(3, 1, *shape, requires_grad=True)
-    x_ref = x.detach().double().requires_grad_()
-    out = _fused(model, x)  # grad mode on, parameters require grad: the differentiable path
-    ref = reference.forward_reference(x_ref)
-    assert rel_err(out, ref) < FP32_TOL
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    ref.backward(grad.double())
-    assert rel_err(x.grad, x_ref.grad) < FP32_TOL
-    _assert_grads_match(model, reference, training=False)
+    # grad mode on, parameters require grad: the differentiable eval path
+    _compare_forward_backward(model, torch.randn(3, 1, *shape), training=False)
     assert all(b.item() == 8 for n, b in model.named_buffers() if n.endswith("num_batches_tracked"))  # 7 + calibration
 
 
