@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything a GPU machine can tell us, in one command:
 #   build (CUDA extension included) -> glam-fast info -> the whole test suite (GPU tests enabled)
-#   -> Triton compile report -> GPU runner -> report,
+#   -> Triton compile report -> GPU runner -> scoring benchmark (bench/bench_scoring_gpu.py) -> report,
 # with every log and result collected into OUTDIR and a short summary printed last.
 #
-#   bench/gpu_check.sh [--quick] [--dry-run] [--stages build,info,tests,compile,bench,report] OUTDIR
+#   bench/gpu_check.sh [--quick] [--dry-run] [--stages build,info,tests,compile,bench,scoring,report] OUTDIR
 #   (stage "tests" is the two passes "tests-cpu" and "tests-gpu", which can also be named alone)
 #
 #   --quick    the GPU runner's quick profile (~3 min instead of ~11)
@@ -28,7 +28,7 @@ set -u -o pipefail
 
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
-QUICK="" DRY_RUN="" STAGES="build,info,tests,compile,bench,report" OUTDIR=""
+QUICK="" DRY_RUN="" STAGES="build,info,tests,compile,bench,scoring,report" OUTDIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -57,7 +57,7 @@ export PYTHONUNBUFFERED=1
 
 # Time limits per stage, in seconds; GLAM_FAST_LIMIT_<STAGE> overrides one (e.g. to fit a job slot).
 T_BUILD=${GLAM_FAST_LIMIT_BUILD:-900} T_INFO=${GLAM_FAST_LIMIT_INFO:-120} T_TESTS=${GLAM_FAST_LIMIT_TESTS:-900}
-T_COMPILE=${GLAM_FAST_LIMIT_COMPILE:-600} T_REPORT=${GLAM_FAST_LIMIT_REPORT:-300}
+T_COMPILE=${GLAM_FAST_LIMIT_COMPILE:-600} T_REPORT=${GLAM_FAST_LIMIT_REPORT:-300} T_SCORING=${GLAM_FAST_LIMIT_SCORING:-300}
 if [ -n "$DRY_RUN" ]; then T_BENCH=900; elif [ -n "$QUICK" ]; then T_BENCH=420; else T_BENCH=1000; fi
 T_BENCH=${GLAM_FAST_LIMIT_BENCH:-$T_BENCH}
 
@@ -136,6 +136,14 @@ if wanted bench; then
   # shellcheck disable=SC2206 # word splitting of the extra arguments is intended
   BENCH_ARGS+=(${GLAM_FAST_GPU_ARGS:-})
   run_stage bench "$T_BENCH" "$PY" -m bench.gpu "${BENCH_ARGS[@]}"
+fi
+
+if wanted scoring; then
+  # Not under PYTEST_ADDOPTS: pytest-xdist (-n) switches pytest-benchmark off.
+  SCORING_ENV=(-u PYTEST_ADDOPTS)
+  [ -n "$DRY_RUN" ] && SCORING_ENV+=(GLAM_FAST_BENCH_DEVICE=cpu)
+  run_stage scoring "$T_SCORING" env "${SCORING_ENV[@]}" "$PY" -m pytest bench/bench_scoring_gpu.py -q -p no:cacheprovider \
+    --benchmark-json "$RESULTS/gpu-scoring-$(date -u +%Y%m%d-%H%M%S).json"
 fi
 
 if wanted report; then

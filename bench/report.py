@@ -429,7 +429,10 @@ python -m bench.gpu --out bench/results
 python -m bench.gpu --out bench/results --variants compile-max-autotune --dtypes bf16 --budget-s 0
 # Check that every path runs, on the CPU, in a minute
 python -m bench.gpu --out /tmp/dry --dry-run
-# A GPU machine end to end: build, tests, compile report, GPU runner, report -> OUTDIR
+# Scoring on a GPU (Scorer end to end: files/s and the decode / features / model split),
+# on synthetic audio or GLAM_FAST_BENCH_AUDIO=folder
+python -m pytest bench/bench_scoring_gpu.py --benchmark-json bench/results/gpu-scoring-<gpu>.json
+# A GPU machine end to end: build, tests, compile report, GPU runner, scoring, report -> OUTDIR
 bench/gpu_check.sh OUTDIR
 # This page and the plots, from every file in bench/results
 python -m bench.report

@@ -45,6 +45,13 @@ def failed_tests(path: Path, limit: int = 60) -> list[str]:
     return names[:limit] + ([f"... and {len(names) - limit} more"] if len(names) > limit else [])
 
 
+def scoring_line(info: dict) -> str:
+    """One scoring benchmark case: files/s and its last round's time split."""
+    split = info.get("time_split_per_round", [{}])[-1]
+    parts = ", ".join(f"{k} {split[k]:.1f} s" for k in ("decode", "decode_wait", "features", "model") if k in split)
+    return f"scoring {info.get('variant', '?')}: {info['files_per_s']:,.1f} files/s ({parts})"
+
+
 def comparison_lines(results: list[dict]) -> list[str]:
     lines = [f"{'model':<9} {'mode':<10} {'batch':>5}  {'best glam_fast':<34} {'best peer':<40} {'ratio':>6}"]
     for result in results:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             out += [f"  FAILED {name}" for name in failed_tests(junit)]
         except ET.ParseError as err:
             out.append(f"tests: {junit.name} is not readable ({err})")
-    results = []
+    results, scoring = [], []
     for path in args.results:
         for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:
             try:
@@ -93,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if data.get("schema") == SCHEMA and "measurements" in data:
                 results.append(data)
+            scoring += [b["extra_info"] for b in data.get("benchmarks", []) if "files_per_s" in b.get("extra_info", {})]
     if results:
         out += ["", *comparison_lines(results)]
     else:
         out.append("benchmarks: no result file")
+    out += [scoring_line(info) for info in scoring]
     print("\n".join(out))
     return 0
 
