@@ -9,7 +9,6 @@ tests skip. On a machine with a GPU, run the two passes (bench/gpu_check.sh does
     pytest -m gpu                              # compiled kernels on the GPU
 """
 
-import inspect
 import os
 
 # The interpreter runs tl.dot through numpy; a multi-threaded OpenBLAS on 2 shared cores makes a
@@ -27,29 +26,6 @@ os.environ.setdefault("GLAM_FAST_POISON", "1")
 
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _fix_interpreter_scalar_index():
-    """Triton 3.6's interpreter turns a scalar tensor (a 1-element array) into a Python int with
-    ``int(array)``, which NumPy >= 2.4 refuses for arrays of ndim > 0, so every ``range()`` over a
-    runtime bound fails there. Later Triton releases squeeze the array first; do the same."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    original = getattr(interpreter, "_patch_lang_tensor", None)
-    if original is None or "int(self.handle.data))" not in inspect.getsource(original):
-        return
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    interpreter._patch_lang_tensor = patch_lang_tensor
-
-
-if INTERPRETING:
-    _fix_interpreter_scalar_index()
 
 
 def pytest_collection_modifyitems(config, items):

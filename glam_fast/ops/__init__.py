@@ -14,6 +14,9 @@ except ImportError:  # the Triton ops need triton; `import glam_fast` must work 
     triton = None
 
 if triton is not None:
+    from glam_fast.ops._triton_compat import fix_interpreter_scalar_index
+
+    fix_interpreter_scalar_index()
     from glam_fast.ops import (  # noqa: F401
         afcn_forward,
         batch_norm_nhwc,
