@@ -29,10 +29,10 @@ Saved for the backward (per token): Z (d), A (4d), T and V (2d each), P (d) in t
 and four fp32 LayerNorm statistics.
 
 Precision: fp32, fp16 or bf16 tensors, fp32 accumulation and fp32 elementwise math (LayerNorm
-statistics, GELU, tanh, the classifier's reduction). On a GPU, fp32 GEMMs run in TF32 on tensor
-cores (``input_precision="tf32"``: inputs rounded to 10 mantissa bits, so expect relative errors
-around 1e-3 against float64, like cuDNN's default TF32 convolutions); the CPU interpreter computes
-them in IEEE fp32. Half-precision runs store the saved activations and the backward scratch in the
+statistics, GELU, tanh, the classifier's reduction). fp32 GEMMs follow PyTorch's matmul setting:
+IEEE fp32 by default, TF32 on tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is set
+(inputs rounded to 10 mantissa bits: relative errors around 1e-3 against float64). The IEEE fp32
+kernels spill registers (FMA dots hold whole fp32 tiles); for speed run bf16 or allow TF32. Half-precision runs store the saved activations and the backward scratch in the
 input dtype, as an eager run in that dtype would.
 
 Autocast: under ``torch.autocast`` every tensor argument is cast to the autocast dtype before the
