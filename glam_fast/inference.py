@@ -240,15 +240,20 @@ class InferenceMSSENet(nn.Module):
 
 
 class InferenceAFCN(nn.Module):
-    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); channels-last trunk, masking only where padded."""
+    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); channels-last trunk for batches of 2 or
+    more, masking only where padded."""
 
     def __init__(self, model: AFCN, channels_last: bool):
         super().__init__()
         self.num_classes, self.min_size, self.channels_last = model.num_classes, model.min_size, channels_last
         self.trunk = [layer for layer in model.features if isinstance(layer, (nn.Conv2d, nn.MaxPool2d))]
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.conv_weights = nn.ParameterList(
-            [_frozen(layer.weight.contiguous(memory_format=memory_format)) for layer in self.trunk if isinstance(layer, nn.Conv2d)]
+        convs = [layer for layer in self.trunk if isinstance(layer, nn.Conv2d)]
+        self.conv_weights = nn.ParameterList([_frozen(layer.weight.contiguous()) for layer in convs])
+        # Channels-last pays from batch 2 up; at batch 1 oneDNN's per-call reorders of the
+        # channels-last weights cost more than the layout saves (2 cores, 257 x 201 input: batch 1
+        # 91-100 items/s NCHW vs 68-75 channels-last; batch 2 level; batch 8 108 vs 119-132).
+        self.conv_weights_channels_last = nn.ParameterList(
+            [_frozen(layer.weight.contiguous(memory_format=torch.channels_last)) for layer in convs] if channels_last else []
         )
         self.conv_biases = nn.ParameterList([_frozen(layer.bias) for layer in self.trunk if isinstance(layer, nn.Conv2d)])
         self.attention = _frozen_copy(model.attention)
@@ -262,13 +267,15 @@ class InferenceAFCN(nn.Module):
             lengths = self._check_lengths(lengths, x)
             if bool((lengths == x.shape[3]).all()):
                 lengths = None  # nothing padded: every mask would keep everything
-        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        channels_last = self.channels_last and x.shape[0] > 1
+        h = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        weights = self.conv_weights_channels_last if channels_last else self.conv_weights
         if lengths is not None:
             h = AFCN._zero_beyond(h, lengths)
         conv = 0
         for layer in self.trunk:
             if isinstance(layer, nn.Conv2d):
-                h = F.relu(F.conv2d(h, self.conv_weights[conv], self.conv_biases[conv], stride=layer.stride, padding=layer.padding))
+                h = F.relu(F.conv2d(h, weights[conv], self.conv_biases[conv], stride=layer.stride, padding=layer.padding))
                 conv += 1
             else:
                 h = F.max_pool2d(h, layer.kernel_size, layer.stride)

@@ -77,6 +77,9 @@ def test_afcn_matches_reference_with_and_without_padding(channels_last):
         assert rel_err(fast(x, padded), reference64(model, x, padded)) < FP32_TOL
         assert rel_err(fast(x, full), reference64(model, x, full)) < FP32_TOL
         assert rel_err(fast(x), reference64(model, x)) < FP32_TOL
+        # batch 1 takes the NCHW trunk even when channels-last was asked for
+        assert rel_err(fast(x[1:2], padded[1:2]), reference64(model, x[1:2], padded[1:2])) < FP32_TOL
+        assert rel_err(fast(x[:1]), reference64(model, x[:1])) < FP32_TOL
 
 
 def test_bad_input_is_rejected_by_name():
