@@ -332,3 +332,34 @@ def test_gpu_bf16_full_size_matches_reference(mode, batch):
         for (name, p), e, r in zip(model.named_parameters(), eager_model.parameters(), ref.parameters()):
             if r.grad.abs().max() > 1e-4 * scale:  # skip the BatchNorm-cancelled conv biases
                 assert rel_err(p.grad, r.grad) <= 2 * rel_err(e.grad, r.grad) + 1e-3, name
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_full_size_training_matches_float64():
+    """T = 606, 39 MFCCs, 64 channels in fp32 training (the recipe's default): the launch
+    configuration must fit the GPU (at 256 positions the fp32 front-end backward kernels needed
+    more shared memory than sm_90 has), and the output and every gradient stay within twice eager
+    fp32's own error against float64 (TF32 off, PyTorch's default for matmuls)."""
+    torch.manual_seed(0)
+    model = make_model(n_blocks=10).cuda().train()
+    eager_model = copy.deepcopy(model)
+    ref = copy.deepcopy(model).double()
+    x = torch.randn(16, 606, 39, device="cuda")
+    upstream = torch.randn(16, 4, device="cuda", dtype=torch.float64)
+    recorder = MaskRecorder()
+    real = mssenet_model.channel_dropout_mask
+    try:
+        runs = []
+        for m, masks in ((model, recorder), (eager_model, None), (ref, None)):
+            mssenet_model.channel_dropout_mask = masks or MaskReplayer(recorder.calls)
+            out = (fused if m is model else reference)(m, x.to(next(m.parameters()).dtype))
+            (out.double() * upstream).sum().backward()
+            runs.append(out.detach().double())
+    finally:
+        mssenet_model.channel_dropout_mask = real
+    out, eager, want = runs
+    assert rel_err(out, want) <= 2 * rel_err(eager, want) + 1e-5
+    scale = max(q.grad.abs().max() for q in ref.parameters())
+    for (name, p), e, r in zip(model.named_parameters(), eager_model.parameters(), ref.parameters()):
+        if r.grad.abs().max() > 1e-4 * scale:  # skip the BatchNorm-cancelled conv biases
+            assert rel_err(p.grad, r.grad) <= 2 * rel_err(e.grad, r.grad) + 1e-4, name

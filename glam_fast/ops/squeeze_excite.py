@@ -556,15 +556,28 @@ def _squeeze_excite_input_grad_kernel(
 # 3-4 such tiles at once, spill 0.3-0.9 KB per thread. Backward kernels take one pipeline stage:
 # with two or more, ptxas for sm_80 drops to 32 registers and spills 4+ KB.
 _GPU_TILE = (16, 16, 8)  # BLOCK_T, BLOCK_J, num_warps
+# fp32 activations (3xTF32 dots): at 256 positions the BatchNorm- and conv-grad kernels need
+# 245-255 KB of shared memory, over sm_90's 227 KB; 8 x 16 = 128 positions take 150 KB. Their
+# dots contract over the 32 taps, not over positions, so 8 rows are allowed there (the head
+# kernel's position-contracting dots are not: it keeps 16 x 16, which fits).
+_GPU_FP32_BACKWARD_TILE = (8, 16, 8)
 _GPU_INPUT_GRAD = (16, 8)
 _INTERPRETER_TILE_POSITIONS = 16384
 
 
-def _front_config(length: int, mfcc: int, dtype: torch.dtype, backward: bool = False) -> dict:
-    """BLOCK_T, BLOCK_J, num_warps, num_stages of the front-end kernels."""
+def _gpu_front_config(dtype: torch.dtype, kernels: str) -> dict:
+    """The GPU launch configuration (see _front_config); also what the compile specs compile."""
+    narrow = kernels == "backward" and dtype == torch.float32
+    block_t, block_j, warps = _GPU_FP32_BACKWARD_TILE if narrow else _GPU_TILE
+    stages = pipeline_stages(dtype) if kernels == "forward" else 1
+    return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": warps, "num_stages": stages}
+
+
+def _front_config(length: int, mfcc: int, dtype: torch.dtype, kernels: str = "forward") -> dict:
+    """BLOCK_T, BLOCK_J, num_warps, num_stages of the front-end kernels: ``kernels`` is "forward"
+    (stats + forward), "backward_head" or "backward" (the BatchNorm- and conv-grad kernels)."""
     if not interpreting():
-        block_t, block_j, warps = _GPU_TILE
-        return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": warps, "num_stages": 1 if backward else pipeline_stages(dtype)}
+        return _gpu_front_config(dtype, kernels)
     block_j = triton.next_power_of_2(3 * mfcc)
     block_t = max(16, min(triton.next_power_of_2(length), _INTERPRETER_TILE_POSITIONS // block_j))
     return {"BLOCK_T": block_t, "BLOCK_J": block_j, "num_warps": 4, "num_stages": 1}
@@ -711,7 +724,8 @@ def squeeze_excite_backward(
     channels = squeeze_bias.shape[-1]
     device = x.device
     block_f = _pow2(channels)
-    tiles = _front_config(length, mfcc, x.dtype, backward=True)
+    head_tiles = _front_config(length, mfcc, x.dtype, "backward_head")
+    tiles = _front_config(length, mfcc, x.dtype, "backward")
     precision = dot_precision(x.dtype)
     t = [v.contiguous() for v in (grad_h0, x, squeeze, time_weight, freq_weight, square_weight, branch_bias, bn_weight, bn_bias, mean, var,
                                   squeeze_weight, squeeze_bias, excite_weight, excite_bias, collapse_weight, collapse_bias, project_weight)]  # fmt: skip
@@ -731,17 +745,17 @@ def squeeze_excite_backward(
     else:
         tap_grad = grad_x = x.new_empty((0,))
     scalars = (batch, length, mfcc, channels, eps)
-    common = dict(HAS_MASK=masks is not None, BLOCK_F=block_f, PRECISION=precision, **tiles)
+    common = dict(HAS_MASK=masks is not None, BLOCK_F=block_f, PRECISION=precision)
     grid = (batch, 2)
     _squeeze_excite_backward_head_kernel[grid](
         x, grad_h0, squeeze, grad_squeeze, proj_partial, collapse_partial, excite_partial, *setup_args, *head_args, *scalars,
-        BLOCK_M=_pow2(mfcc), **common,
+        BLOCK_M=_pow2(mfcc), **common, **head_tiles,
     )  # fmt: skip
-    _squeeze_excite_backward_bn_kernel[grid](x, grad_h0, squeeze, grad_squeeze, sums_partial, *setup_args, *head_args, *scalars, **common)
+    _squeeze_excite_backward_bn_kernel[grid](x, grad_h0, squeeze, grad_squeeze, sums_partial, *setup_args, *head_args, *scalars, **common, **tiles)
     sums = sums_partial.sum(dim=1)  # (2, 3, 2, BLOCK_F)
     _squeeze_excite_backward_conv_kernel[grid](
         x, grad_h0, squeeze, grad_squeeze, sums, conv_partial, tap_grad, *setup_args, *head_args, *scalars,
-        TRAINING=training, NEED_INPUT_GRAD=need_input_grad, **common,
+        TRAINING=training, NEED_INPUT_GRAD=need_input_grad, **common, **tiles,
     )  # fmt: skip
     if need_input_grad:
         block_t_x, warps_x = (_GPU_INPUT_GRAD if not interpreting() else (max(16, min(256, triton.next_power_of_2(length))), 4))
@@ -851,34 +865,41 @@ def squeeze_excite_ref(
 
 @register_compile_specs
 def _compile_specs():
-    block_t, block_j, warps = _GPU_TILE
-    act = "bf16"
+    """Every kernel at the configuration _front_config gives on a GPU, for bf16 (fp16 launches
+    alike) and fp32 activations."""
     p = "*fp32"
-    setup = {"time_w_ptr": p, "freq_w_ptr": p, "square_w_ptr": p, "branch_b_ptr": p, "bn_w_ptr": p, "bn_b_ptr": p, "mean_ptr": p, "var_ptr": p, "mask_ptr": f"*{act}"}
     head = {"sq_w_ptr": p, "sq_b_ptr": p, "ex_w_ptr": p, "ex_b_ptr": p, "col_w_ptr": p, "col_b_ptr": p, "proj_w_ptr": p}
     scalars = {"B": "i32", "T": "i32", "M": "i32", "F": "i32"}
-    tiles = {"BLOCK_T": block_t, "BLOCK_J": block_j, "BLOCK_F": 64, "PRECISION": "tf32"}
     const = lambda names: {n: "constexpr" for n in names}  # noqa: E731
-    sig = {"x_ptr": f"*{act}", "partial_ptr": p, "time_w_ptr": p, "freq_w_ptr": p, "square_w_ptr": p, "branch_b_ptr": p, **scalars, **const(tiles)}
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_stats_kernel", _squeeze_excite_stats_kernel, sig, tiles, num_warps=warps)
-    fwd_consts = {"HAS_MASK": True, "BLOCK_T": block_t, "BLOCK_J": block_j, "BLOCK_M": 64, "BLOCK_F": 64, "PRECISION": "tf32"}
-    for a, dtype in ((act, torch.bfloat16), ("fp32", torch.float32)):
-        sig = {"x_ptr": f"*{a}", "h_ptr": f"*{a}", "squeeze_ptr": p, **setup, "mask_ptr": f"*{a}", **head, "proj_b_ptr": p, **scalars, "eps": "fp32", **const(fwd_consts)}
-        consts = dict(fwd_consts, PRECISION="tf32x3" if a == "fp32" else "tf32")
-        yield KernelSpec("squeeze_excite", f"_squeeze_excite_forward_kernel[{a}]", _squeeze_excite_forward_kernel, sig, consts,
-                         num_warps=warps, num_stages=pipeline_stages(dtype))  # fmt: skip
-    sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "proj_partial_ptr": p, "collapse_partial_ptr": p,
-           "excite_partial_ptr": p, **setup, **head, **scalars, "eps": "fp32", **const(fwd_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_head_kernel", _squeeze_excite_backward_head_kernel, sig, fwd_consts, num_warps=warps, num_stages=1)
-    bn_consts = {"HAS_MASK": True, **tiles}
-    sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, **setup, **head, **scalars, "eps": "fp32",
-           **const(bn_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_bn_kernel", _squeeze_excite_backward_bn_kernel, sig, bn_consts, num_warps=warps, num_stages=1)
-    conv_consts = {"TRAINING": True, "HAS_MASK": True, "NEED_INPUT_GRAD": True, **tiles}
-    sig = {"x_ptr": f"*{act}", "grad_h_ptr": f"*{act}", "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, "conv_partial_ptr": p, "tap_grad_ptr": p,
-           **setup, **head, **scalars, "eps": "fp32", **const(conv_consts)}  # fmt: skip
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_backward_conv_kernel", _squeeze_excite_backward_conv_kernel, sig, conv_consts, num_warps=warps, num_stages=1)
-    block_t_x, warps_x = _GPU_INPUT_GRAD
-    dx_consts = {"BLOCK_T": block_t_x, "BLOCK_M": 64, "BLOCK_F": 64, "PRECISION": "tf32"}
-    sig = {"tap_grad_ptr": p, "grad_h_ptr": f"*{act}", "proj_w_ptr": p, "grad_x_ptr": f"*{act}", **scalars, **const(dx_consts)}
-    yield KernelSpec("squeeze_excite", "_squeeze_excite_input_grad_kernel", _squeeze_excite_input_grad_kernel, sig, dx_consts, num_warps=warps_x, num_stages=1)
+
+    def spec(name, kernel, sig, consts, cfg):
+        tiles = {"BLOCK_T": cfg["BLOCK_T"], "BLOCK_J": cfg["BLOCK_J"]}
+        consts = {**consts, **tiles}
+        sig = {**sig, **const(consts)}
+        return KernelSpec("squeeze_excite", name, kernel, sig, consts, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+    for act, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        x = f"*{act}"
+        precision = "tf32x3" if act == "fp32" else "tf32"
+        forward, backward_head, backward = (_gpu_front_config(dtype, k) for k in ("forward", "backward_head", "backward"))
+        setup = {"time_w_ptr": p, "freq_w_ptr": p, "square_w_ptr": p, "branch_b_ptr": p, "bn_w_ptr": p, "bn_b_ptr": p, "mean_ptr": p, "var_ptr": p, "mask_ptr": x}
+        base = {"BLOCK_F": 64, "PRECISION": precision}
+        sig = {"x_ptr": x, "partial_ptr": p, "time_w_ptr": p, "freq_w_ptr": p, "square_w_ptr": p, "branch_b_ptr": p, **scalars}
+        yield spec(f"_squeeze_excite_stats_kernel[{act}]", _squeeze_excite_stats_kernel, sig, base, forward)
+        with_m = {"HAS_MASK": True, "BLOCK_M": 64, **base}
+        sig = {"x_ptr": x, "h_ptr": x, "squeeze_ptr": p, **setup, **head, "proj_b_ptr": p, **scalars, "eps": "fp32"}
+        yield spec(f"_squeeze_excite_forward_kernel[{act}]", _squeeze_excite_forward_kernel, sig, with_m, forward)
+        sig = {"x_ptr": x, "grad_h_ptr": x, "squeeze_ptr": p, "grad_squeeze_ptr": p, "proj_partial_ptr": p, "collapse_partial_ptr": p,
+               "excite_partial_ptr": p, **setup, **head, **scalars, "eps": "fp32"}  # fmt: skip
+        yield spec(f"_squeeze_excite_backward_head_kernel[{act}]", _squeeze_excite_backward_head_kernel, sig, with_m, backward_head)
+        sig = {"x_ptr": x, "grad_h_ptr": x, "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, **setup, **head, **scalars, "eps": "fp32"}
+        yield spec(f"_squeeze_excite_backward_bn_kernel[{act}]", _squeeze_excite_backward_bn_kernel, sig, {"HAS_MASK": True, **base}, backward)
+        sig = {"x_ptr": x, "grad_h_ptr": x, "squeeze_ptr": p, "grad_squeeze_ptr": p, "sums_ptr": p, "conv_partial_ptr": p, "tap_grad_ptr": p,
+               **setup, **head, **scalars, "eps": "fp32"}  # fmt: skip
+        conv = {"TRAINING": True, "HAS_MASK": True, "NEED_INPUT_GRAD": True, **base}
+        yield spec(f"_squeeze_excite_backward_conv_kernel[{act}]", _squeeze_excite_backward_conv_kernel, sig, conv, backward)
+        block_t_x, warps_x = _GPU_INPUT_GRAD
+        dx_consts = {"BLOCK_T": block_t_x, "BLOCK_M": 64, **base}
+        sig = {"tap_grad_ptr": p, "grad_h_ptr": x, "proj_w_ptr": p, "grad_x_ptr": x, **scalars, **const(dx_consts)}
+        yield KernelSpec("squeeze_excite", f"_squeeze_excite_input_grad_kernel[{act}]", _squeeze_excite_input_grad_kernel, sig, dx_consts,
+                         num_warps=warps_x, num_stages=1)  # fmt: skip
