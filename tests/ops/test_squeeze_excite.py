@@ -129,9 +129,11 @@ def test_fp16_gradients_within_twice_the_eager_half_error():
 
 
 def test_gpu_tile_sizes_under_the_interpreter(monkeypatch):
-    """The GPU launch configuration: 16 x 16 position tiles (column chunks crossing branch
-    boundaries, a partial last chunk and a partial last row tile)."""
+    """The GPU launch configuration: 16 x 16 position tiles, and 8 x 16 in the fp32 BatchNorm- and
+    conv-grad kernels (column chunks crossing branch boundaries, a partial last chunk and a
+    partial last row tile)."""
     monkeypatch.setattr(se, "interpreting", lambda: False)
+    assert (se._front_config(19, M, torch.float32, "backward")["BLOCK_T"], se._front_config(19, M, torch.float32, "backward_head")["BLOCK_T"]) == (8, 16)
     batch, length = 1, 19
     params = make_params(6)
     x = torch.randn(batch, length, M)
