@@ -149,6 +149,7 @@ def _from_pytest_benchmark(path: Path, data: dict) -> tuple[Run | None, GenericB
                     "q1_ms": stats["q1"] * 1e3,
                     "q3_ms": stats["q3"] * 1e3,
                     "rounds": stats["rounds"],
+                    "round_s": stats.get("data") or [],
                     "extra_info": bench.get("extra_info", {}),
                 }
             )
@@ -492,6 +493,29 @@ def generic_section(group: GenericBenchmarks) -> list[str]:
     lines += ["| group | benchmark | median ms | IQR ms | rounds |", "|---|---|---:|---:|---:|"]
     for r in sorted(group.rows, key=lambda r: (r["group"], r["name"])):
         lines.append(f"| {r['group']} | `{r['name']}` | {r['median_ms']:.3f} | {r['q1_ms']:.3f}–{r['q3_ms']:.3f} | {r['rounds']} |")
+    return lines + [""] + _scoring_split(group.rows)
+
+
+def _scoring_split(rows: list[dict]) -> list[str]:
+    """Scoring benchmarks that record their throughput and time split (bench_scoring_gpu.py):
+    files/s and the last round's seconds in decoding (worker time), waiting for decoded audio,
+    features and the model (the first round includes warm-up)."""
+    scored = [r for r in rows if "files_per_s" in r["extra_info"] and r["extra_info"].get("time_split_per_round")]
+    if not scored:
+        return []
+    lines = [
+        "| variant | device | files | files/s (median round) | seconds per round | audio s/s | decode s | decode wait s | features s | model s |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(scored, key=lambda r: r["extra_info"].get("variant", r["name"])):
+        info = r["extra_info"]
+        last = info["time_split_per_round"][-1]
+        lines.append(
+            f"| {info.get('variant', r['name'])} | {info.get('device', '?')} | {info.get('files', '?')} | {info['files_per_s']:,.1f} | "
+            f"{', '.join(f'{t:.2f}' for t in r.get('round_s', []))} | "
+            f"{info.get('audio_seconds_per_s', float('nan')):,.0f} | {last.get('decode', 0):.1f} | {last.get('decode_wait', 0):.1f} | "
+            f"{last.get('features', 0):.1f} | {last.get('model', 0):.1f} |"
+        )
     return lines + [""]
 
 

@@ -273,6 +273,20 @@ def test_report_shows_peers_side_by_side_and_other_benchmarks(tmp_path, dry_run)
         assert "![GLAM train](plots/test-gpu-glam-train.png)" in text
 
 
+def test_report_shows_scoring_throughput_and_time_split(tmp_path):
+    data = _features_benchmark()
+    split = [{"decode": 9.0, "decode_wait": 0.5, "features": 3.0, "model": 2.0}, {"decode": 8.25, "decode_wait": 0.25, "features": 1.75, "model": 0.5}]
+    info = {"variant": "scorer-cuda-w8-b256", "device": "Test GPU", "files": 2000, "files_per_s": 307.25, "audio_seconds_per_s": 1221.5, "time_split_per_round": split}
+    bench = data["benchmarks"][0]
+    bench.update(name="test_scorer[8-256]", fullname="bench/bench_scoring_gpu.py::test_scorer[8-256]", extra_info=info)
+    bench["stats"] = dict(bench["stats"], data=[9.5, 6.5], rounds=2)
+    (tmp_path / "gpu-scoring.json").write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    assert report.main(["--results", str(tmp_path), "--out", str(readme), "--no-plots"]) == 0
+    # the last round's split (the first includes warm-up)
+    assert "| scorer-cuda-w8-b256 | Test GPU | 2000 | 307.2 | 9.50, 6.50 | 1,222 | 8.2 | 0.2 | 1.8 | 0.5 |" in readme.read_text()
+
+
 def _has_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
