@@ -39,6 +39,13 @@ EXPLAINED_SPILLS: dict[str, int] = {
     # map; the fp32 forward holds 3xTF32 operand pairs. Narrower chunks or more warps spill more.
     "attention_pool._attention_pool_backward_kernel": 256,
     "attention_pool._attention_pool_forward_kernel[fp32]": 256,
+    "attention_pool._attention_pool_backward_kernel[fp32]": 768,
+    "attention_pool._attention_pool_weight_grad_kernel[fp32]": 256,
+    # MS-SENet temporal blocks, fp32 training (3xTF32, one pipeline stage so that the fp32 tiles fit
+    # sm_80's shared memory): the conv backward kernels hold the 64 x 64 taps in two parts.
+    "temporal_block._causal_conv_stats_kernel[conv2, train, fp32]": 32,
+    "temporal_block._temporal_block_conv2_backward_kernel[fp32]": 512,
+    "temporal_block._temporal_block_conv1_backward_kernel[fp32]": 768,
     # GLAM head in fp32 without TF32 (PyTorch's default matmul precision): tl.dot in "ieee" runs on
     # FMA units and holds whole fp32 operand tiles in registers. With
     # torch.backends.cuda.matmul.allow_tf32 set the kernels use TF32 and do not spill; fp16/bf16 never do.

@@ -402,7 +402,13 @@ def _compile_specs():
            **scalars, **{k: "constexpr" for k in consts}}  # fmt: skip
     yield KernelSpec("attention_pool", "_attention_pool_backward_kernel", _attention_pool_backward_kernel, sig, consts,
                      num_warps=bwd["num_warps"], num_stages=bwd["num_stages"])  # fmt: skip
+    sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
+    yield KernelSpec("attention_pool", "_attention_pool_backward_kernel[fp32]", _attention_pool_backward_kernel, sig32, dict(consts, PRECISION="tf32x3"),
+                     num_warps=bwd["num_warps"], num_stages=min(bwd["num_stages"], pipeline_stages(torch.float32)))  # fmt: skip
     w = _GPU_WEIGHT_GRAD
     consts = {"BLOCK_L": w["BLOCK_L"], "BLOCK_A": w["BLOCK_A"], "BLOCK_D": w["BLOCK_D"], "PRECISION": "tf32"}
     sig = {"grad_z_ptr": p, "feat_ptr": f"*{act}", "grad_w_ptr": p, "grad_b_ptr": p, "B": "i32", "D": "i32", "L": "i32", "A": "i32", **{k: "constexpr" for k in consts}}
     yield KernelSpec("attention_pool", "_attention_pool_weight_grad_kernel", _attention_pool_weight_grad_kernel, sig, consts, num_warps=w["num_warps"], num_stages=w["num_stages"])
+    sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
+    yield KernelSpec("attention_pool", "_attention_pool_weight_grad_kernel[fp32]", _attention_pool_weight_grad_kernel, sig32, dict(consts, PRECISION="tf32x3"),
+                     num_warps=w["num_warps"], num_stages=w["num_stages"])  # fmt: skip

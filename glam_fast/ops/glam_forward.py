@@ -196,9 +196,8 @@ def glam_forward(model: nn.Module, x: Tensor) -> Tensor:
 
 @register_compile_specs
 def _compile_specs():
-    """Every kernel the fused GLAM launches, at the configs its launchers (and autotuners) use:
-    the conv kernels in bf16 and fp32 (their tensor-core code differs), the elementwise and
-    reduction kernels in bf16 (other dtypes change only their loads' and stores' conversions)."""
+    """Every kernel the fused GLAM launches, at the configs its launchers (and autotuners) use,
+    for bf16 (fp16 alike) and fp32 activations."""
     specs = []
     for dtype in ("bf16", "fp32"):
         for c, n, pool in CONV_LAYERS:
@@ -206,9 +205,9 @@ def _compile_specs():
             specs += conv2d_nhwc.forward_kernel_specs(c, n, dtype=dtype, has_bias=True, relu=False, pool=False, stats=True)
             specs += conv2d_nhwc.forward_kernel_specs(n, c, dtype=dtype, has_bias=False, relu=False, pool=False, stats=False)
             specs += conv2d_nhwc.weight_grad_kernel_specs(c, n, dtype=dtype)
-    specs += stem_op.kernel_specs(STEM_CHANNELS, dtype="bf16")
-    for _, n, pool in CONV_LAYERS:
-        specs += batch_norm_nhwc.kernel_specs(n, pool=pool, dtype="bf16")
+        specs += stem_op.kernel_specs(STEM_CHANNELS, dtype=dtype)
+        for _, n, pool in CONV_LAYERS:
+            specs += batch_norm_nhwc.kernel_specs(n, pool=pool, dtype=dtype)
     specs.append(batch_norm_nhwc.update_kernel_spec())
     specs += partial_sums.kernel_specs([2 * STEM_CHANNELS] + [n for _, n, _ in CONV_LAYERS])
     # Layers with equal flags share compiled kernels (channel counts are runtime arguments): one

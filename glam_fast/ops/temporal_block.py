@@ -443,6 +443,11 @@ def _launch_config(kind: str, length: int, dtype: torch.dtype) -> dict:
     """BLOCK_T, num_warps and num_stages for the forward or backward kernels."""
     if interpreting():
         return {"BLOCK_T": max(16, min(_INTERPRETER_BLOCK_T, triton.next_power_of_2(length))), "num_warps": 4, "num_stages": 1}
+    return _gpu_launch_config(kind, dtype)
+
+
+def _gpu_launch_config(kind: str, dtype: torch.dtype) -> dict:
+    """The GPU configuration of _launch_config; also what the compile specs compile."""
     block_t, warps = _GPU_CONFIG[kind]
     if kind == "forward" and dtype == torch.float32:
         block_t = _GPU_FP32_FORWARD_BLOCK_T
@@ -716,45 +721,44 @@ def temporal_block_ref(
 
 @register_compile_specs
 def _compile_specs():
+    """Every kernel at the configuration _launch_config gives on a GPU, for bf16 (fp16 launches
+    alike) and fp32 activations."""
     block_f = 64
-    forward_t, forward_warps = _GPU_CONFIG["forward"]
-    backward_t, backward_warps = _GPU_CONFIG["backward"]
     scalars = {"B": "i32", "T": "i32", "F": "i32"}
-    for act in ("bf16", "fp32"):
+    for act, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         precision = "tf32x3" if act == "fp32" else "tf32"
+        fwd, bwd = _gpu_launch_config("forward", dtype), _gpu_launch_config("backward", dtype)
+        fwd_launch = {"num_warps": fwd["num_warps"], "num_stages": fwd["num_stages"]}
+        bwd_launch = {"num_warps": bwd["num_warps"], "num_stages": bwd["num_stages"]}
         sig = {
             "h_ptr": f"*{act}", "out_ptr": f"*{act}", "mean_ptr": "*fp32", "conv_w_ptr": "*fp32", "conv_b_ptr": "*fp32",
             "bn_w_ptr": "*fp32", "bn_b_ptr": "*fp32", "rmean_ptr": "*fp32", "rvar_ptr": "*fp32", **scalars, "dilation": "i32", "eps": "fp32",
             "BLOCK_T": "constexpr", "BLOCK_F": "constexpr", "PRECISION": "constexpr",
         }  # fmt: skip
-        stages = _GPU_STAGES[torch.float32 if act == "fp32" else torch.bfloat16]
         yield KernelSpec("temporal_block", f"_temporal_block_inference_kernel[{act}]", _temporal_block_inference_kernel, sig,
-                         {"BLOCK_T": _GPU_FP32_FORWARD_BLOCK_T if act == "fp32" else forward_t, "BLOCK_F": block_f, "PRECISION": precision},
-                         num_warps=forward_warps, num_stages=stages)  # fmt: skip
-        if act == "fp32":
-            continue
+                         {"BLOCK_T": fwd["BLOCK_T"], "BLOCK_F": block_f, "PRECISION": precision}, **fwd_launch)  # fmt: skip
         params = {"conv_w_ptr": "*fp32", "conv_b_ptr": "*fp32", "bn_w_ptr": "*fp32", "bn_b_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32", "mask_ptr": f"*{act}"}
         sig = {"in_ptr": f"*{act}", "u_ptr": f"*{act}", "partial_ptr": "*fp32", **params, "conv_index": "i32", **scalars, "dilation": "i32", "eps": "fp32",
                "NORMALIZE_INPUT": "constexpr", "HAS_MASK": "constexpr", "COMPUTE_STATS": "constexpr", "BLOCK_T": "constexpr", "BLOCK_F": "constexpr", "PRECISION": "constexpr"}  # fmt: skip
-        yield KernelSpec("temporal_block", "_causal_conv_stats_kernel[conv2, train]", _causal_conv_stats_kernel, sig,
-                         {"NORMALIZE_INPUT": True, "HAS_MASK": True, "COMPUTE_STATS": True, "BLOCK_T": forward_t, "BLOCK_F": block_f, "PRECISION": precision}, num_warps=forward_warps)  # fmt: skip
+        yield KernelSpec("temporal_block", f"_causal_conv_stats_kernel[conv2, train, {act}]", _causal_conv_stats_kernel, sig,
+                         {"NORMALIZE_INPUT": True, "HAS_MASK": True, "COMPUTE_STATS": True, "BLOCK_T": fwd["BLOCK_T"], "BLOCK_F": block_f, "PRECISION": precision}, **fwd_launch)  # fmt: skip
         gate_params = {k: v for k, v in params.items() if not k.startswith("conv")}
         sig = {"h_ptr": f"*{act}", "u2_ptr": f"*{act}", "out_ptr": f"*{act}", "out_mean_ptr": "*fp32", **gate_params, **scalars, "eps": "fp32",
                "HAS_MASK": "constexpr", "BLOCK_T": "constexpr", "BLOCK_F": "constexpr"}  # fmt: skip
-        yield KernelSpec("temporal_block", "_temporal_block_gate_kernel", _temporal_block_gate_kernel, sig,
-                         {"HAS_MASK": True, "BLOCK_T": forward_t, "BLOCK_F": block_f}, num_warps=forward_warps)  # fmt: skip
+        yield KernelSpec("temporal_block", f"_temporal_block_gate_kernel[{act}]", _temporal_block_gate_kernel, sig,
+                         {"HAS_MASK": True, "BLOCK_T": fwd["BLOCK_T"], "BLOCK_F": block_f}, **fwd_launch)  # fmt: skip
         flags = {"HAS_GRAD_OUT": True, "HAS_GRAD_MEAN": True, "HAS_MASK": True}
         sig = {"grad_out_ptr": f"*{act}", "grad_mean_ptr": "*fp32", "h_ptr": f"*{act}", "u2_ptr": f"*{act}", "sums_ptr": "*fp32", **gate_params,
                **scalars, "eps": "fp32", **{k: "constexpr" for k in flags}, "BLOCK_T": "constexpr", "BLOCK_F": "constexpr"}  # fmt: skip
-        yield KernelSpec("temporal_block", "_temporal_block_gate_backward_kernel", _temporal_block_gate_backward_kernel, sig,
-                         {**flags, "BLOCK_T": backward_t, "BLOCK_F": block_f}, num_warps=backward_warps)  # fmt: skip
+        yield KernelSpec("temporal_block", f"_temporal_block_gate_backward_kernel[{act}]", _temporal_block_gate_backward_kernel, sig,
+                         {**flags, "BLOCK_T": bwd["BLOCK_T"], "BLOCK_F": block_f}, **bwd_launch)  # fmt: skip
         bwd_params = {"conv_w_ptr": "*fp32", **gate_params}
         tail = {**scalars, "dilation": "i32", "eps": "fp32", "TRAINING": "constexpr", **{k: "constexpr" for k in flags},
                 "BLOCK_T": "constexpr", "BLOCK_F": "constexpr", "PRECISION": "constexpr"}  # fmt: skip
-        consts = {"TRAINING": True, **flags, "BLOCK_T": backward_t, "BLOCK_F": block_f, "PRECISION": precision}
+        consts = {"TRAINING": True, **flags, "BLOCK_T": bwd["BLOCK_T"], "BLOCK_F": block_f, "PRECISION": precision}
         sig = {"grad_out_ptr": f"*{act}", "grad_mean_ptr": "*fp32", "h_ptr": f"*{act}", "u1_ptr": f"*{act}", "u2_ptr": f"*{act}", "grad_n1_ptr": "*fp32",
                "sums1_ptr": "*fp32", "sums2_ptr": "*fp32", "w_partial_ptr": "*fp32", "b_partial_ptr": "*fp32", **bwd_params, **tail}  # fmt: skip
-        yield KernelSpec("temporal_block", "_temporal_block_conv2_backward_kernel", _temporal_block_conv2_backward_kernel, sig, consts, num_warps=backward_warps)
+        yield KernelSpec("temporal_block", f"_temporal_block_conv2_backward_kernel[{act}]", _temporal_block_conv2_backward_kernel, sig, consts, **bwd_launch)
         sig = {"grad_out_ptr": f"*{act}", "grad_mean_ptr": "*fp32", "h_ptr": f"*{act}", "u1_ptr": f"*{act}", "u2_ptr": f"*{act}", "grad_n1_ptr": "*fp32",
                "sums1_ptr": "*fp32", "grad_h_ptr": f"*{act}", "w_partial_ptr": "*fp32", "b_partial_ptr": "*fp32", **bwd_params, **tail}  # fmt: skip
-        yield KernelSpec("temporal_block", "_temporal_block_conv1_backward_kernel", _temporal_block_conv1_backward_kernel, sig, consts, num_warps=backward_warps)
+        yield KernelSpec("temporal_block", f"_temporal_block_conv1_backward_kernel[{act}]", _temporal_block_conv1_backward_kernel, sig, consts, **bwd_launch)
