@@ -255,7 +255,7 @@ class InferenceAFCN(nn.Module):
         self.conv_weights_channels_last = nn.ParameterList(
             [_frozen(layer.weight.contiguous(memory_format=torch.channels_last)) for layer in convs] if channels_last else []
         )
-        self.conv_biases = nn.ParameterList([_frozen(layer.bias) for layer in self.trunk if isinstance(layer, nn.Conv2d)])
+        self.conv_biases = nn.ParameterList([_frozen(layer.bias) for layer in convs])
         self.attention = _frozen_copy(model.attention)
         self.classifier = _frozen_copy(model.classifier)
         self._check_lengths = model._check_lengths  # bound method: the reference's length rules

@@ -37,7 +37,7 @@ EXPLAINED_SPILLS: dict[str, int] = {
     "squeeze_excite._squeeze_excite_backward_conv_kernel[fp32]": 12288,
     # AFCN attention pooling: the backward holds two chunks of W and the [16, 256] gradient of the
     # map; the fp32 forward holds 3xTF32 operand pairs. Narrower chunks or more warps spill more.
-    "attention_pool._attention_pool_backward_kernel": 256,
+    "attention_pool._attention_pool_backward_kernel[bf16]": 256,
     "attention_pool._attention_pool_forward_kernel[fp32]": 256,
     "attention_pool._attention_pool_backward_kernel[fp32]": 768,
     "attention_pool._attention_pool_weight_grad_kernel[fp32]": 256,

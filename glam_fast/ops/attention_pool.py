@@ -200,6 +200,11 @@ def _config(kind: str, positions: int, attn_dim: int, dtype: torch.dtype) -> dic
     if interpreting():
         block_a = triton.next_power_of_2(attn_dim)
         return {"BLOCK_L": max(16, min(128, triton.next_power_of_2(positions))), "BLOCK_A": max(16, block_a), "num_warps": 4, "num_stages": 1}
+    return _gpu_config(kind, dtype)
+
+
+def _gpu_config(kind: str, dtype: torch.dtype) -> dict:
+    """The GPU configuration of _config; also what the compile specs compile."""
     cfg = _GPU_CONFIG[kind]
     return dict(cfg, num_stages=min(cfg["num_stages"], pipeline_stages(dtype)))
 
@@ -381,34 +386,31 @@ def attention_pool_ref(
 
 @register_compile_specs
 def _compile_specs():
-    act = "bf16"
+    """Every kernel at the configuration _config gives on a GPU (the weight grad's is fixed), for
+    bf16 (fp16 launches alike) and fp32 activations."""
     p = "*fp32"
-    fwd = _GPU_CONFIG["forward"]
-    consts = {"HAS_LENGTHS": True, "BLOCK_L": fwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": fwd["BLOCK_A"], "BLOCK_C": 16, "PRECISION": "tf32"}
-    scalars = {"D": "i32", "L": "i32", "T_out": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
-    sig = {"feat_ptr": f"*{act}", "lengths_ptr": "*i64", "proj_w_ptr": f"*{act}", "proj_b_ptr": p, "ctx_w_ptr": p, "cls_w_ptr": p, "cls_b_ptr": p,
-           "logits_ptr": f"*{act}", "alpha_ptr": p, "context_ptr": p, **scalars, **{k: "constexpr" for k in consts}}  # fmt: skip
-    launch = dict(num_warps=fwd["num_warps"], num_stages=fwd["num_stages"])
-    yield KernelSpec("attention_pool", "_attention_pool_forward_kernel", _attention_pool_forward_kernel, sig, consts, **launch)
-    sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
-    yield KernelSpec("attention_pool", "_attention_pool_forward_kernel[fp32]", _attention_pool_forward_kernel, sig32, dict(consts, PRECISION="tf32x3"),
-                     num_warps=fwd["num_warps"], num_stages=pipeline_stages(torch.float32))  # fmt: skip
-    bwd = _GPU_CONFIG["backward"]
-    consts = {"HAS_GRAD_ALPHA": True, "BLOCK_L": bwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": bwd["BLOCK_A"], "BLOCK_C": 16,
-              "N_A_CHUNKS": 256 // bwd["BLOCK_A"], "PRECISION": "tf32"}  # fmt: skip
-    scalars = {"D": "i32", "L": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
-    sig = {"grad_logits_ptr": f"*{act}", "grad_alpha_ptr": p, "feat_ptr": f"*{act}", "alpha_ptr": p, "context_ptr": p, "proj_w_ptr": f"*{act}", "proj_b_ptr": p,
-           "ctx_w_ptr": p, "cls_w_ptr": p, "grad_feat_ptr": f"*{act}", "grad_z_ptr": p, "grad_ctx_partial_ptr": p, "grad_cls_partial_ptr": p,
-           **scalars, **{k: "constexpr" for k in consts}}  # fmt: skip
-    yield KernelSpec("attention_pool", "_attention_pool_backward_kernel", _attention_pool_backward_kernel, sig, consts,
-                     num_warps=bwd["num_warps"], num_stages=bwd["num_stages"])  # fmt: skip
-    sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
-    yield KernelSpec("attention_pool", "_attention_pool_backward_kernel[fp32]", _attention_pool_backward_kernel, sig32, dict(consts, PRECISION="tf32x3"),
-                     num_warps=bwd["num_warps"], num_stages=min(bwd["num_stages"], pipeline_stages(torch.float32)))  # fmt: skip
-    w = _GPU_WEIGHT_GRAD
-    consts = {"BLOCK_L": w["BLOCK_L"], "BLOCK_A": w["BLOCK_A"], "BLOCK_D": w["BLOCK_D"], "PRECISION": "tf32"}
-    sig = {"grad_z_ptr": p, "feat_ptr": f"*{act}", "grad_w_ptr": p, "grad_b_ptr": p, "B": "i32", "D": "i32", "L": "i32", "A": "i32", **{k: "constexpr" for k in consts}}
-    yield KernelSpec("attention_pool", "_attention_pool_weight_grad_kernel", _attention_pool_weight_grad_kernel, sig, consts, num_warps=w["num_warps"], num_stages=w["num_stages"])
-    sig32 = {k: ("*fp32" if v == f"*{act}" else v) for k, v in sig.items()}
-    yield KernelSpec("attention_pool", "_attention_pool_weight_grad_kernel[fp32]", _attention_pool_weight_grad_kernel, sig32, dict(consts, PRECISION="tf32x3"),
-                     num_warps=w["num_warps"], num_stages=w["num_stages"])  # fmt: skip
+    constexpr = lambda consts: {k: "constexpr" for k in consts}  # noqa: E731
+    for act, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        x = f"*{act}"
+        precision = "tf32x3" if act == "fp32" else "tf32"
+        fwd = _gpu_config("forward", dtype)
+        consts = {"HAS_LENGTHS": True, "BLOCK_L": fwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": fwd["BLOCK_A"], "BLOCK_C": 16, "PRECISION": precision}
+        scalars = {"D": "i32", "L": "i32", "T_out": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
+        sig = {"feat_ptr": x, "lengths_ptr": "*i64", "proj_w_ptr": x, "proj_b_ptr": p, "ctx_w_ptr": p, "cls_w_ptr": p, "cls_b_ptr": p,
+               "logits_ptr": x, "alpha_ptr": p, "context_ptr": p, **scalars, **constexpr(consts)}  # fmt: skip
+        yield KernelSpec("attention_pool", f"_attention_pool_forward_kernel[{act}]", _attention_pool_forward_kernel, sig, consts,
+                         num_warps=fwd["num_warps"], num_stages=fwd["num_stages"])  # fmt: skip
+        bwd = _gpu_config("backward", dtype)
+        consts = {"HAS_GRAD_ALPHA": True, "BLOCK_L": bwd["BLOCK_L"], "BLOCK_D": 256, "BLOCK_A": bwd["BLOCK_A"], "BLOCK_C": 16,
+                  "N_A_CHUNKS": 256 // bwd["BLOCK_A"], "PRECISION": precision}  # fmt: skip
+        scalars = {"D": "i32", "L": "i32", "A": "i32", "C": "i32", "scale": "fp32"}
+        sig = {"grad_logits_ptr": x, "grad_alpha_ptr": p, "feat_ptr": x, "alpha_ptr": p, "context_ptr": p, "proj_w_ptr": x, "proj_b_ptr": p,
+               "ctx_w_ptr": p, "cls_w_ptr": p, "grad_feat_ptr": x, "grad_z_ptr": p, "grad_ctx_partial_ptr": p, "grad_cls_partial_ptr": p,
+               **scalars, **constexpr(consts)}  # fmt: skip
+        yield KernelSpec("attention_pool", f"_attention_pool_backward_kernel[{act}]", _attention_pool_backward_kernel, sig, consts,
+                         num_warps=bwd["num_warps"], num_stages=bwd["num_stages"])  # fmt: skip
+        w = _GPU_WEIGHT_GRAD
+        consts = {"BLOCK_L": w["BLOCK_L"], "BLOCK_A": w["BLOCK_A"], "BLOCK_D": w["BLOCK_D"], "PRECISION": precision}
+        sig = {"grad_z_ptr": p, "feat_ptr": x, "grad_w_ptr": p, "grad_b_ptr": p, "B": "i32", "D": "i32", "L": "i32", "A": "i32", **constexpr(consts)}
+        yield KernelSpec("attention_pool", f"_attention_pool_weight_grad_kernel[{act}]", _attention_pool_weight_grad_kernel, sig, consts,
+                         num_warps=w["num_warps"], num_stages=w["num_stages"])  # fmt: skip
