@@ -11,12 +11,14 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
 - ``reference``: the model's eager forward (what ``model(x)`` runs on the CPU);
 - ``compiled-reference``: ``torch.compile(model)`` (inductor defaults);
 - ``prepared``: ``prepare(model)`` with its defaults (what the Scorer runs on the CPU);
-- GLAM only: ``prepared-whole-batch`` (no micro-batches: the whole batch at once); with
-  ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-merge-none`` (the multi-scale branches as two
-  convolutions), ``prepared-merge-first`` (only the 16-channel block merged), ``prepared-nchw``
-  (no channels-last) and ``compiled-prepared`` (torch.compile of the prepared module).
+- GLAM and AFCN: ``prepared-plain``: ``prepare(model, onednn=False)`` (the same folding and
+  layout with PyTorch's ops: what the oneDNN calls add);
+- GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
+  ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
+  ``prepared-nchw`` (no channels-last) and ``compiled-prepared`` (torch.compile of the
+  plain prepared module).
 
-Timings on a machine shared with other jobs are noisy: every GLAM variant is measured in
+Timings on a machine shared with other jobs are noisy: every variant is measured in
 ``REPEATS`` (default 2) interleaved passes (``r0``, ``r1``: reference, prepared, ... then again), and each test records the
 load average before and after it in ``extra_info``. Compare variants within one pass and one
 batch size; the spread between passes is the noise.
@@ -34,25 +36,27 @@ from glam_fast.inference import prepare
 
 THREADS = int(os.environ.get("GLAM_FAST_BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("GLAM_FAST_BENCH_REPEATS", "2"))
-BATCHES = {"glam": (1, 32, 256), "mssenet": (1, 32), "afcn": (1, 16)}
+BATCHES = {"glam": (1, 32, 256), "mssenet": (1, 32, 256), "afcn": (1, 32, 256)}
 ITEMS_PER_ROUND = {"glam": 64, "mssenet": 32, "afcn": 16}  # at least this many items per round
 
 GLAM_VARIANTS = {
     "reference": None,
     "compiled-reference": None,
     "prepared": {},
-    "prepared-whole-batch": {"micro_batch": None},
+    "prepared-plain": {"onednn": False},
+    "prepared-merged": {"merge_multiscale": True},
 }
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
     GLAM_VARIANTS.update(
         {
-            "prepared-merge-none": {"merge_multiscale": False},
-            "prepared-merge-first": {"merge_multiscale": (True, False, False)},
+            "prepared-whole-batch": {"micro_batch": None},
             "prepared-nchw": {"channels_last": False},
-            "compiled-prepared": {},
+            "compiled-prepared": {"onednn": False},
         }
     )
-OTHER_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}}
+AFCN_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}, "prepared-plain": {"onednn": False}}
+MSSENET_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}}
+VARIANTS = {"glam": GLAM_VARIANTS, "mssenet": MSSENET_VARIANTS, "afcn": AFCN_VARIANTS}
 
 
 def _randomize_batch_norm(model):
@@ -81,13 +85,13 @@ def _runner(name, variant, batch):
     key = (name, variant, batch)
     if key not in _cache:
         model, _ = _models(name)
-        variants = GLAM_VARIANTS if name == "glam" else OTHER_VARIANTS
+        variants = VARIANTS[name]
         if variant == "reference":
             module = model
         elif variant == "compiled-reference":
             module = torch.compile(model, dynamic=False)
         elif variant == "compiled-prepared":
-            module = torch.compile(prepare(model), dynamic=False)
+            module = torch.compile(prepare(model, **variants[variant]), dynamic=False)
         else:
             module = prepare(model, **variants[variant])
         _cache[key] = module
@@ -111,8 +115,8 @@ CASES = [
     (name, batch, repeat, variant)
     for name in ("glam", "mssenet", "afcn")
     for batch in BATCHES[name]
-    for repeat in range(REPEATS if name == "glam" else 1)
-    for variant in (GLAM_VARIANTS if name == "glam" else OTHER_VARIANTS)
+    for repeat in range(REPEATS)
+    for variant in VARIANTS[name]
 ]
 
 

@@ -5,23 +5,24 @@ module that computes the same logits with less work:
 
 - **BatchNorm folded** into the convolution before it (running statistics: eval semantics), and
   for GLAM's multi-scale blocks the identity shortcuts too: ``BN(cat[conv3(x) + x, conv5(x) + x])``
-  becomes ``cat[conv3'(x), conv5'(x)]`` (``merge_multiscale=False``) or one 5x5 convolution
-  C -> 2C with the 3x3 kernel embedded in it (``merge_multiscale=True``: 47 % more multiply-adds,
-  one GEMM instead of two and no concatenation).
-- **Channels-last** activations, so oneDNN runs the convolutions without reordering between
-  layers (GLAM, AFCN).
-- **Micro-batches** (GLAM, default 32): a large batch is run ``micro_batch`` items at a time so
-  that each layer's activations stay in the CPU cache. On a quiet 2-core machine this made batch
-  256 run 1.8-1.9x the eager reference instead of 1.3-1.5x (``cpu-inference-run4-quiet.json``);
-  only on a heavily loaded machine was it slower.
+  becomes ``cat[conv3'(x), conv5'(x)]``, or (``merge_multiscale=True``) one 5x5 convolution
+  C -> 2C with the 3x3 kernel embedded in it (47 % more multiply-adds, one call instead of two).
+- **oneDNN with pre-packed weights** (GLAM, AFCN; :mod:`glam_fast.onednn`): each convolution is
+  one call with its weight already in oneDNN's layout and the ReLU fused; GLAM's gMLP input
+  projection has its GELU fused and the output projection its residual add.
+- **Channels-last** activations, so oneDNN does not reorder between layers (GLAM, AFCN).
+- GLAM: the stem's two 3-tap convolutions as one small matmul that writes the height-concatenated
+  map directly; each multi-scale branch max-pooled before the concatenation; large batches run
+  ``micro_batch`` segments at a time so that each layer's activations stay in the CPU cache.
 - MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
   each layer is one call instead of two.
 - AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
 
-The choices that only pay off on some machines are arguments. The defaults (branches merged,
-channels-last, micro-batches of 32) come from interleaved measurements on a 2-core CPU machine
-(``bench/bench_inference_cpu.py``, results in ``bench/results/``). The prepared module holds copies of the folded weights (the source model is
-left as it is), has no gradients, and raises on input the reference would reject.
+The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
+branches, channels-last, micro-batches of 32) come from interleaved measurements on a 2-core CPU
+machine (``bench/bench_inference_cpu.py``, results in ``bench/results/``). The prepared module
+holds copies of the folded weights (the source model is left as it is), has no gradients, and
+raises on input the reference would reject.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glam_fast import onednn as onednn_ops
 from glam_fast.models import AFCN, GLAM, MSSENet
 from glam_fast.models._checks import check_input
 from glam_fast.models.afcn import _out_size
@@ -73,9 +75,10 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 
 class InferenceMultiScale(nn.Module):
-    """GLAM's multi-scale block with BN and the identity folded: (B, C, H, W) -> (B, 2C, H, W), ReLU applied."""
+    """GLAM's multi-scale block with BN and the identity folded: (B, C, H, W) -> (B, 2C, H', W'), ReLU
+    applied, then (``pool=True``) 2x2 max-pooled: H' = H // 2, W' = W // 2."""
 
-    def __init__(self, block, merge: bool):
+    def __init__(self, block, merge: bool, onednn: bool, channels_last: bool):
         super().__init__()
         channels = block.conv3.in_channels
         w3 = block.conv3.weight.double() + _identity_kernel(channels, 3, torch.float64)
@@ -84,39 +87,49 @@ class InferenceMultiScale(nn.Module):
         bias = torch.cat([block.conv3.bias, block.conv5.bias]).double()
         weight, bias = fold_batch_norm(weight, bias, block.bn)
         dtype = block.conv3.weight.dtype
-        self.merge = merge
+        weight, bias = weight.to(dtype), bias.to(dtype)
         if merge:
-            self.weight, self.bias = _frozen(weight.to(dtype)), _frozen(bias.to(dtype))
+            branches = [onednn_ops.ConvReLU(weight, bias, 2, onednn=onednn, channels_last=channels_last)]
         else:
-            self.weight3 = _frozen(weight[:channels, :, 1:4, 1:4].to(dtype))
-            self.weight5 = _frozen(weight[channels:].to(dtype))
-            self.bias3, self.bias5 = _frozen(bias[:channels].to(dtype)), _frozen(bias[channels:].to(dtype))
+            branches = [
+                onednn_ops.ConvReLU(weight[:channels, :, 1:4, 1:4], bias[:channels], 1, onednn=onednn, channels_last=channels_last),
+                onednn_ops.ConvReLU(weight[channels:], bias[channels:], 2, onednn=onednn, channels_last=channels_last),
+            ]
+        self.branches = nn.ModuleList(branches)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merge:
-            return F.relu(F.conv2d(x, self.weight, self.bias, padding=2))
-        x3 = F.conv2d(x, self.weight3, self.bias3, padding=1)
-        x5 = F.conv2d(x, self.weight5, self.bias5, padding=2)
-        return F.relu(torch.cat((x3, x5), dim=1))
+    def forward(self, x: torch.Tensor, pool: bool) -> torch.Tensor:
+        # Pooling each branch before the concatenation (max and ReLU commute with it) copies a
+        # quarter of the data.
+        outs = [F.max_pool2d(branch(x), 2) if pool else branch(x) for branch in self.branches]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 class InferenceGLAM(nn.Module):
     """GLAM for inference: (B, 1, H, W) MFCC segments -> (B, num_classes) logits. Built by :func:`prepare`."""
 
-    def __init__(self, model: GLAM, merge_multiscale: bool | tuple[bool, bool, bool], channels_last: bool, micro_batch: int | None):
+    def __init__(
+        self,
+        model: GLAM,
+        merge_multiscale: bool | tuple[bool, bool, bool],
+        channels_last: bool,
+        micro_batch: int | None,
+        onednn: bool,
+    ):
         super().__init__()
         self.shape, self.num_classes, self.fusion_dim = model.shape, model.num_classes, model.fusion_dim
         self.channels_last, self.micro_batch = channels_last, micro_batch
         merges = (merge_multiscale,) * 3 if isinstance(merge_multiscale, bool) else tuple(merge_multiscale)
         wa, ba = fold_batch_norm(model.conv1a.weight, model.conv1a.bias, model.bn1a)
         wb, bb = fold_batch_norm(model.conv1b.weight, model.conv1b.bias, model.bn1b)
-        self.stem_a_weight, self.stem_a_bias = _frozen(wa), _frozen(ba)
-        self.stem_b_weight, self.stem_b_bias = _frozen(wb), _frozen(bb)
-        self.block2 = InferenceMultiScale(model.conv2, merges[0])
-        self.block3 = InferenceMultiScale(model.conv3, merges[1])
-        self.block4 = InferenceMultiScale(model.conv4, merges[2])
-        w5, b5 = fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5)
-        self.conv5_weight, self.conv5_bias = _frozen(w5), _frozen(b5)
+        # The stem's two 3-tap convolutions (1 -> 16 channels) as one (B, 2, H*W, 3) @ (2, 3, 16)
+        # matmul whose output is already the height-concatenated map in NHWC order.
+        self.stem_weight = _frozen(torch.stack([wa.reshape(-1, 3).t(), wb.reshape(-1, 3).t()]))  # (2, 3, 16)
+        self.stem_bias = _frozen(torch.stack([ba, bb])[:, None, :])  # (2, 1, 16)
+        conv_options = {"onednn": onednn, "channels_last": channels_last}
+        self.block2 = InferenceMultiScale(model.conv2, merges[0], **conv_options)
+        self.block3 = InferenceMultiScale(model.conv3, merges[1], **conv_options)
+        self.block4 = InferenceMultiScale(model.conv4, merges[2], **conv_options)
+        self.conv5 = onednn_ops.ConvReLU(*fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5), 2, **conv_options)
         prenorm = model.gmlp.layers[0].fn  # _Residual(_PreNorm(_TokenShift(GatedMLPBlock)))
         gmlp = prenorm.fn.fn
         self.norm = _frozen_copy(prenorm.norm)
@@ -126,13 +139,11 @@ class InferenceGLAM(nn.Module):
         self.gate_bias = _frozen(gmlp.sgu.bias[0, :, None])  # (128, 1)
         self.proj_out = _frozen_copy(gmlp.proj_out)
         self.fc = _frozen_copy(model.fc)
-        if channels_last:
-            for name in ("stem_a_weight", "stem_b_weight", "conv5_weight"):
-                getattr(self, name).data = getattr(self, name).data.contiguous(memory_format=torch.channels_last)
-            for blk in (self.block2, self.block3, self.block4):
-                for p in blk.parameters():
-                    if p.dim() == 4:
-                        p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+    @property
+    def onednn(self) -> bool:
+        """Whether the convolutions and the gMLP's projections run as fused oneDNN calls."""
+        return self.conv5.onednn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self, f"(B, 1, {self.shape[0]}, {self.shape[1]})", (None, 1, *self.shape))
@@ -142,21 +153,25 @@ class InferenceGLAM(nn.Module):
         return torch.cat([self._forward(part) for part in torch.split(x, step)])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        xa = F.relu(F.conv2d(x, self.stem_a_weight, self.stem_a_bias, padding=(1, 0)))
-        xb = F.relu(F.conv2d(x, self.stem_b_weight, self.stem_b_bias, padding=(0, 1)))
-        x = torch.cat((xa, xb), dim=2)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = F.max_pool2d(self.block2(x), 2)
-        x = F.max_pool2d(self.block3(x), 2)
-        x = self.block4(x)
-        x = F.relu(F.conv2d(x, self.conv5_weight, self.conv5_bias, padding=2))
+        batch, _, height, width = x.shape
+        padded = F.pad(x[:, 0], (1, 1, 1, 1))  # (B, H + 2, W + 2)
+        taps_a = torch.stack([padded[:, k : k + height, 1 : width + 1] for k in range(3)], dim=-1)  # along H
+        taps_b = torch.stack([padded[:, 1 : height + 1, k : k + width] for k in range(3)], dim=-1)  # along W
+        taps = torch.stack((taps_a, taps_b), dim=1).view(batch, 2, height * width, 3)
+        stem = torch.matmul(taps, self.stem_weight).add_(self.stem_bias).relu_()  # (B, 2, H*W, 16)
+        x = stem.view(batch, 2 * height, width, -1).permute(0, 3, 1, 2)  # (B, 16, 2H, W), channels-last
+        if not self.channels_last:
+            x = x.contiguous()
+        x = self.block2(x, pool=True)
+        x = self.block3(x, pool=True)
+        x = self.conv5(self.block4(x, pool=False))
         tokens = x.contiguous().flatten(2)  # (B, 128, fusion_dim), NCHW order as the reference
-        h = F.gelu(self.proj_in(self.norm(tokens)))
+        onednn = self.onednn
+        h = onednn_ops.linear_gelu(self.norm(tokens), self.proj_in.weight, self.proj_in.bias, onednn)
         res, gate = h.chunk(2, dim=-1)
-        gate = torch.tanh(torch.matmul(self.gate_weight, self.gate_norm(gate)) + self.gate_bias)
-        x = self.proj_out(gate * res) + tokens
-        return self.fc(F.relu(x).flatten(1))
+        gate = torch.baddbmm(self.gate_bias, self.gate_weight.expand(batch, -1, -1), self.gate_norm(gate)).tanh_()
+        x = onednn_ops.linear_add(gate * res, self.proj_out.weight, self.proj_out.bias, tokens, onednn)
+        return self.fc(x.relu_().flatten(1))
 
 
 # ----------------------------------------------------------------------------- MS-SENet
@@ -240,25 +255,28 @@ class InferenceMSSENet(nn.Module):
 
 
 class InferenceAFCN(nn.Module):
-    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); channels-last trunk for batches of 2 or
-    more, masking only where padded."""
+    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU, a
+    channels-last trunk, masking only where padded."""
 
-    def __init__(self, model: AFCN, channels_last: bool):
+    def __init__(self, model: AFCN, channels_last: bool, onednn: bool):
         super().__init__()
         self.num_classes, self.min_size, self.channels_last = model.num_classes, model.min_size, channels_last
         self.trunk = [layer for layer in model.features if isinstance(layer, (nn.Conv2d, nn.MaxPool2d))]
-        convs = [layer for layer in self.trunk if isinstance(layer, nn.Conv2d)]
-        self.conv_weights = nn.ParameterList([_frozen(layer.weight.contiguous()) for layer in convs])
-        # Channels-last pays from batch 2 up; at batch 1 oneDNN's per-call reorders of the
-        # channels-last weights cost more than the layout saves (2 cores, 257 x 201 input: batch 1
-        # 91-100 items/s NCHW vs 68-75 channels-last; batch 2 level; batch 8 108 vs 119-132).
-        self.conv_weights_channels_last = nn.ParameterList(
-            [_frozen(layer.weight.contiguous(memory_format=torch.channels_last)) for layer in convs] if channels_last else []
+        self.convs = nn.ModuleList(
+            [
+                onednn_ops.ConvReLU(layer.weight, layer.bias, layer.padding, layer.stride, onednn=onednn, channels_last=channels_last)
+                for layer in self.trunk
+                if isinstance(layer, nn.Conv2d)
+            ]
         )
-        self.conv_biases = nn.ParameterList([_frozen(layer.bias) for layer in convs])
         self.attention = _frozen_copy(model.attention)
         self.classifier = _frozen_copy(model.classifier)
         self._check_lengths = model._check_lengths  # bound method: the reference's length rules
+
+    @property
+    def onednn(self) -> bool:
+        """Whether the convolutions run as fused oneDNN calls with pre-packed weights."""
+        return self.convs[0].onednn
 
     def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         m = self.min_size
@@ -267,16 +285,16 @@ class InferenceAFCN(nn.Module):
             lengths = self._check_lengths(lengths, x)
             if bool((lengths == x.shape[3]).all()):
                 lengths = None  # nothing padded: every mask would keep everything
-        channels_last = self.channels_last and x.shape[0] > 1
-        h = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        weights = self.conv_weights_channels_last if channels_last else self.conv_weights
+        # Without pre-packed weights, batch 1 stays NCHW: there oneDNN's per-call reorders of
+        # channels-last weights cost more than the layout saves (2 cores, 257 x 201 input).
+        channels_last = self.channels_last and (self.onednn or x.shape[0] > 1)
+        h = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
         if lengths is not None:
             h = AFCN._zero_beyond(h, lengths)
-        conv = 0
+        convs = iter(self.convs)
         for layer in self.trunk:
             if isinstance(layer, nn.Conv2d):
-                h = F.relu(F.conv2d(h, weights[conv], self.conv_biases[conv], stride=layer.stride, padding=layer.padding))
-                conv += 1
+                h = next(convs)(h)
             else:
                 h = F.max_pool2d(h, layer.kernel_size, layer.stride)
             if lengths is not None:
@@ -297,9 +315,10 @@ class InferenceAFCN(nn.Module):
 
 def prepare(
     model: nn.Module,
-    merge_multiscale: bool | tuple[bool, bool, bool] = True,
+    merge_multiscale: bool | tuple[bool, bool, bool] = False,
     channels_last: bool = True,
     micro_batch: int | None = 32,
+    onednn: bool | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -311,16 +330,22 @@ def prepare(
         channels_last: run the convolutions on NHWC activations (GLAM, AFCN).
         micro_batch: GLAM only. Run larger batches this many segments at a time (None: all at once).
             Batches up to this size run as they are.
+        onednn: GLAM and AFCN. Run the convolutions (and GLAM's gMLP projections) as oneDNN calls
+            with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
+            None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
+            (raises otherwise); False: plain PyTorch ops.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
     """
+    if not isinstance(model, (GLAM, MSSENet, AFCN)):
+        raise TypeError(f"prepare expects a glam_fast GLAM, MSSENet or AFCN model, got {type(model).__name__}")
+    param = next(model.parameters())
+    use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
     if isinstance(model, GLAM):
-        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch)
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn)
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model)
-    elif isinstance(model, AFCN):
-        prepared = InferenceAFCN(model, channels_last)
     else:
-        raise TypeError(f"prepare expects a glam_fast GLAM, MSSENet or AFCN model, got {type(model).__name__}")
+        prepared = InferenceAFCN(model, channels_last, use_onednn)
     return prepared.eval()

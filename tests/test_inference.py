@@ -1,14 +1,21 @@
 """The CPU inference forms (glam_fast.inference.prepare) equal the reference models."""
 
+import collections
+import copy
+import pickle
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from glam_fast import AFCN, GLAM, MSSENet
+from glam_fast import onednn as onednn_ops
 from glam_fast.inference import fold_batch_norm, prepare
 from tests.helpers import rel_err
 from tests.score_helpers import randomize_batch_norm
 
 FP32_TOL = 1e-5
+needs_onednn = pytest.mark.skipif(not onednn_ops.available(torch.device("cpu"), torch.float32), reason="PyTorch built without oneDNN")
 
 
 def reference64(model, *args):
@@ -28,15 +35,20 @@ def test_fold_batch_norm_equals_conv_then_bn():
     assert rel_err(torch.nn.functional.conv2d(x, weight, bias, padding=1), bn(conv(x))) < FP32_TOL
 
 
+ONEDNN = [pytest.param(True, marks=needs_onednn), False]
+
+
+@pytest.mark.parametrize("onednn", ONEDNN)
 @pytest.mark.parametrize(
     "merge, channels_last, micro_batch",
     [(True, True, 2), (False, True, None), ((True, False, False), False, 4), ((False, True, False), True, 64)],
 )
-def test_glam_matches_reference(merge, channels_last, micro_batch):
+def test_glam_matches_reference(merge, channels_last, micro_batch, onednn):
     torch.manual_seed(1)
     model = randomize_batch_norm(GLAM((26, 57), num_classes=5), seed=1)
     x = torch.randn(5, 1, 26, 57)
-    fast = prepare(model, merge_multiscale=merge, channels_last=channels_last, micro_batch=micro_batch)
+    fast = prepare(model, merge_multiscale=merge, channels_last=channels_last, micro_batch=micro_batch, onednn=onednn)
+    assert fast.onednn is onednn
     with torch.inference_mode():
         out = fast(x)
     assert out.shape == (5, 5)
@@ -65,11 +77,13 @@ def test_mssenet_matches_reference():
     assert rel_err(out, reference64(model, x)) < FP32_TOL
 
 
+@pytest.mark.parametrize("onednn", ONEDNN)
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_afcn_matches_reference_with_and_without_padding(channels_last):
+def test_afcn_matches_reference_with_and_without_padding(channels_last, onednn):
     torch.manual_seed(4)
     model = AFCN(num_classes=3, attn_dim=8).eval()
-    fast = prepare(model, channels_last=channels_last)
+    fast = prepare(model, channels_last=channels_last, onednn=onednn)
+    assert fast.onednn is onednn
     x = torch.randn(3, 3, 70, 97)
     padded = torch.tensor([97, 80, 63])
     full = torch.tensor([97, 97, 97])
@@ -77,7 +91,7 @@ def test_afcn_matches_reference_with_and_without_padding(channels_last):
         assert rel_err(fast(x, padded), reference64(model, x, padded)) < FP32_TOL
         assert rel_err(fast(x, full), reference64(model, x, full)) < FP32_TOL
         assert rel_err(fast(x), reference64(model, x)) < FP32_TOL
-        # batch 1 takes the NCHW trunk even when channels-last was asked for
+        # batch 1 (without oneDNN: the NCHW trunk even when channels-last was asked for)
         assert rel_err(fast(x[1:2], padded[1:2]), reference64(model, x[1:2], padded[1:2])) < FP32_TOL
         assert rel_err(fast(x[:1]), reference64(model, x[:1])) < FP32_TOL
 
@@ -90,3 +104,65 @@ def test_bad_input_is_rejected_by_name():
         prepare(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="lengths must lie"):
         prepare(AFCN(3))(torch.randn(1, 3, 70, 70), torch.tensor([10]))
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen / oneDNN operators a forward dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@needs_onednn
+def test_onednn_is_used_where_available():
+    """On the CPU in float32 prepare() picks the fused oneDNN calls by default, and they are the
+    ones that run: every convolution (GLAM 2 per multi-scale block + conv5, AFCN 5) and GLAM's
+    two gMLP projections; no plain convolution or GELU is left."""
+    glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5))
+    afcn = prepare(AFCN(num_classes=3, attn_dim=8).eval())
+    assert glam.onednn and afcn.onednn
+    for model, x, convs, linears in ((glam, torch.randn(2, 1, 26, 57), 7, 2), (afcn, torch.randn(2, 3, 70, 97), 5, 0)):
+        with torch.inference_mode(), _CountOps() as counted:
+            model(x)
+        assert counted.calls["mkldnn._convolution_pointwise"] == convs, counted.calls
+        assert counted.calls["mkldnn._linear_pointwise"] == linears, counted.calls
+        assert not any(name in counted.calls for name in ("aten.convolution", "aten.mkldnn_convolution", "aten.gelu")), counted.calls
+
+
+@needs_onednn
+def test_onednn_module_copies_moves_and_gradients():
+    """The packed weights are a cache: a deep copy or pickle of a used module works and gives the
+    same logits; casting to float64 leaves oneDNN (it runs float32 only) and still matches; an
+    input that requires grad runs PyTorch's ops and gets gradients."""
+    torch.manual_seed(6)
+    model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=6)
+    fast = prepare(model)
+    x = torch.randn(3, 1, 26, 57)
+    with torch.inference_mode():
+        out = fast(x)
+        assert torch.equal(copy.deepcopy(fast)(x), out)
+        assert torch.equal(pickle.loads(pickle.dumps(fast))(x), out)
+    as_double = copy.deepcopy(fast).double()
+    assert not as_double.onednn
+    with torch.inference_mode():
+        out64 = as_double(x.double())
+    assert out64.dtype == torch.float64  # (its weights were folded in float32: float32 tolerance)
+    assert rel_err(out64, reference64(model, x)) < FP32_TOL
+    xg = x.clone().requires_grad_()
+    fast(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    plain, xp = prepare(model, onednn=False), x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(plain(xp).sum(), xp)
+    assert rel_err(xg.grad, expected) < FP32_TOL
+
+
+def test_onednn_required_but_unavailable_is_an_error():
+    model = GLAM((26, 57), 4).double()
+    with pytest.raises(RuntimeError, match=r"onednn=True.*float32.*torch.float64"):
+        prepare(model, onednn=True)
+    assert not prepare(model).onednn  # the default just leaves it out
