@@ -11,15 +11,16 @@ module that computes the same logits with less work:
   one call with its weight already in oneDNN's layout and the ReLU fused; GLAM's gMLP input
   projection has its GELU fused and the output projection its residual add.
 - **Channels-last** activations, so oneDNN does not reorder between layers (GLAM, AFCN).
+- **Micro-batches** (GLAM, MS-SENet): a large batch runs a few items at a time so that each
+  layer's activations stay in the CPU cache.
 - GLAM: the stem's two 3-tap convolutions as one small matmul that writes the height-concatenated
-  map directly; each multi-scale branch max-pooled before the concatenation; large batches run
-  ``micro_batch`` segments at a time so that each layer's activations stay in the CPU cache.
+  map directly; each multi-scale branch max-pooled before the concatenation.
 - MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
   each layer is one call instead of two.
 - AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
 
 The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
-branches, channels-last, micro-batches of 32) come from interleaved measurements on a 2-core CPU
+branches, channels-last, the micro-batch sizes) come from interleaved measurements on a 2-core CPU
 machine (``bench/bench_inference_cpu.py``, results in ``bench/results/``). The prepared module
 holds copies of the folded weights (the source model is left as it is), has no gradients, and
 raises on input the reference would reject.
@@ -57,6 +58,13 @@ def _identity_kernel(channels: int, size: int, dtype: torch.dtype) -> torch.Tens
     kernel = torch.zeros(channels, channels, size, size, dtype=dtype)
     kernel[torch.arange(channels), torch.arange(channels), size // 2, size // 2] = 1.0
     return kernel
+
+
+def _in_micro_batches(forward, x: torch.Tensor, micro_batch: int | None) -> torch.Tensor:
+    """``forward(x)``, run ``micro_batch`` items at a time when the batch is larger (None: at once)."""
+    if micro_batch is None or x.shape[0] <= micro_batch:
+        return forward(x)
+    return torch.cat([forward(part) for part in torch.split(x, micro_batch)])
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -133,10 +141,15 @@ class InferenceGLAM(nn.Module):
         prenorm = model.gmlp.layers[0].fn  # _Residual(_PreNorm(_TokenShift(GatedMLPBlock)))
         gmlp = prenorm.fn.fn
         self.norm = _frozen_copy(prenorm.norm)
-        self.proj_in = _frozen_copy(gmlp.proj_in[0])
+        # proj_in as its two halves (value, gate): each output is contiguous for what follows.
+        proj_in, half = gmlp.proj_in[0], gmlp.proj_in[0].out_features // 2
+        self.value_weight, self.value_bias = _frozen(proj_in.weight[:half]), _frozen(proj_in.bias[:half])
+        self.gate_in_weight, self.gate_in_bias = _frozen(proj_in.weight[half:]), _frozen(proj_in.bias[half:])
         self.gate_norm = _frozen_copy(gmlp.sgu.norm)
-        self.gate_weight = _frozen(gmlp.sgu.weight[0])  # (128, 128) token mixing
-        self.gate_bias = _frozen(gmlp.sgu.bias[0, :, None])  # (128, 1)
+        # Token mixing (n, n) and its bias (n, 1), doubled (exact in binary floating point) for
+        # tanh(u) = 2 sigmoid(2u) - 1: PyTorch's CPU sigmoid is several times faster than its tanh.
+        self.mix_weight_doubled = _frozen(2 * gmlp.sgu.weight[0])
+        self.mix_bias_doubled = _frozen(2 * gmlp.sgu.bias[0, :, None])
         self.proj_out = _frozen_copy(gmlp.proj_out)
         self.fc = _frozen_copy(model.fc)
 
@@ -147,10 +160,7 @@ class InferenceGLAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self, f"(B, 1, {self.shape[0]}, {self.shape[1]})", (None, 1, *self.shape))
-        step = self.micro_batch or x.shape[0]
-        if x.shape[0] <= step:
-            return self._forward(x)
-        return torch.cat([self._forward(part) for part in torch.split(x, step)])
+        return _in_micro_batches(self._forward, x, self.micro_batch)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
@@ -167,88 +177,125 @@ class InferenceGLAM(nn.Module):
         x = self.conv5(self.block4(x, pool=False))
         tokens = x.contiguous().flatten(2)  # (B, 128, fusion_dim), NCHW order as the reference
         onednn = self.onednn
-        h = onednn_ops.linear_gelu(self.norm(tokens), self.proj_in.weight, self.proj_in.bias, onednn)
-        res, gate = h.chunk(2, dim=-1)
-        gate = torch.baddbmm(self.gate_bias, self.gate_weight.expand(batch, -1, -1), self.gate_norm(gate)).tanh_()
-        x = onednn_ops.linear_add(gate * res, self.proj_out.weight, self.proj_out.bias, tokens, onednn)
+        z = self.norm(tokens)
+        value = onednn_ops.linear_gelu(z, self.value_weight, self.value_bias, onednn)  # (B, 128, 2d)
+        gate = self.gate_norm(onednn_ops.linear_gelu(z, self.gate_in_weight, self.gate_in_bias, onednn))
+        half_tanh = torch.baddbmm(self.mix_bias_doubled, self.mix_weight_doubled.expand(batch, -1, -1), gate).sigmoid_()
+        gated = torch.addcmul(value, half_tanh, value, value=2).sub_(value, alpha=2)  # tanh(mix) * value
+        x = onednn_ops.linear_add(gated, self.proj_out.weight, self.proj_out.bias, tokens, onednn)
         return self.fc(x.relu_().flatten(1))
 
 
 # ----------------------------------------------------------------------------- MS-SENet
 
 
-def _stack_directions(a: torch.Tensor, b: torch.Tensor) -> nn.Parameter:
-    return _frozen(torch.cat([a, b]))
+def _block_diagonal(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """(2 in, 2 out) block-diagonal matrix of two (in, out) matrices, one per time direction."""
+    return torch.block_diag(forward, backward)
 
 
 class InferenceMSSENet(nn.Module):
-    """MS-SENet for inference: both time directions in one grouped call per layer. (B, T, M) -> (B, K)."""
+    """MS-SENet for inference, both time directions at once: (B, T, M) -> (B, K).
 
-    def __init__(self, model: MSSENet):
+    The front end's three convolutions run grouped over the two directions (oneDNN, fused ReLU),
+    each branch is reduced for the squeeze-and-excitation and collapsed to one map by a GEMM with
+    the per-utterance scales, without concatenating the (B, 2F, T, 3M) map. From the projection on,
+    activations are time-major (B, T, 2F) with the directions side by side, so every 1x1 or causal
+    kernel-2 convolution is one GEMM with a block-diagonal weight (the zero blocks cost FLOPs,
+    which are not what limits these layers, and save one call per direction).
+    """
+
+    def __init__(self, model: MSSENet, micro_batch: int | None, onednn: bool):
         super().__init__()
         self.num_classes, self.n_mfcc, self.n_filters = model.num_classes, model.n_mfcc, model.n_filters
+        self.micro_batch = micro_batch
         fwd, bwd = model.forward_direction, model.backward_direction
-        self.fronts = []
-        for name in ("time", "freq", "square"):
+        m = model.n_mfcc
+        branches = []
+        for name, padding in (("time", (5, 0)), ("freq", (0, 4)), ("square", (1, 1))):
             (wf, bf), (wb, bb) = (
                 fold_batch_norm(getattr(d.front, f"conv_{name}").weight, getattr(d.front, f"conv_{name}").bias, getattr(d.front, f"bn_{name}"))
                 for d in (fwd, bwd)
             )
-            setattr(self, f"{name}_weight", _stack_directions(wf, wb))  # (2F, 1, kh, kw): groups=2
-            setattr(self, f"{name}_bias", _stack_directions(bf, bb))
-        self.paddings = {"time": (5, 0), "freq": (0, 4), "square": (1, 1)}
+            # (2F, 1, kh, kw) with groups=2: direction d's filters see input channel d.
+            branches.append(onednn_ops.ConvReLU(torch.cat([wf, wb]), torch.cat([bf, bb]), padding, groups=2, onednn=onednn))
+        self.branches = nn.ModuleList(branches)
         # squeeze / excite as batched matmuls over the two directions: (2, F, F)
         self.squeeze_weight = _frozen(torch.stack([fwd.front.squeeze.weight.t(), bwd.front.squeeze.weight.t()]))
         self.squeeze_bias = _frozen(torch.stack([fwd.front.squeeze.bias, bwd.front.squeeze.bias])[:, None])
         self.excite_weight = _frozen(torch.stack([fwd.front.excite.weight.t(), bwd.front.excite.weight.t()]))
         self.excite_bias = _frozen(torch.stack([fwd.front.excite.bias, bwd.front.excite.bias])[:, None])
-        self.collapse_weight = _stack_directions(fwd.front.collapse.weight, bwd.front.collapse.weight)  # (2, F, 1, 1)
-        self.collapse_bias = _stack_directions(fwd.front.collapse.bias, bwd.front.collapse.bias)
-        self.project_weight = _stack_directions(fwd.front.project.weight, bwd.front.project.weight)  # (2F, 4M, 1)
-        self.project_bias = _stack_directions(fwd.front.project.bias, bwd.front.project.bias)
+        self.collapse_weight = _frozen(torch.cat([fwd.front.collapse.weight.flatten(), bwd.front.collapse.weight.flatten()]))  # (2F,)
+        self.collapse_bias = _frozen(torch.cat([fwd.front.collapse.bias, bwd.front.collapse.bias]))  # (2,)
+        # (2F, 2): column d selects direction d's channels (the collapse GEMM's block structure)
+        self.direction_mask = _frozen(torch.eye(2).repeat_interleave(self.n_filters, dim=0))
+        # Projection input is (B, T, 4M, 2): [time | freq | square | raw MFCC] along 4M, the
+        # direction last; row k * 2 + d of the weight takes feature k of direction d.
+        project = [d.front.project.weight[:, :, 0].t() for d in (fwd, bwd)]  # (4M, F) each
+        weight = torch.zeros(4 * m, 2, 2, self.n_filters, dtype=project[0].dtype)
+        weight[:, 0, 0], weight[:, 1, 1] = project
+        self.project_weight = _frozen(weight.reshape(8 * m, 2 * self.n_filters))
+        self.project_bias = _frozen(torch.cat([fwd.front.project.bias, bwd.front.project.bias]))
         self.dilations = [block.dilation for block in fwd.blocks]
-        weights, biases = [], []
+        now, past, biases = [], [], []
         for block_f, block_b in zip(fwd.blocks, bwd.blocks):
             for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
                 (wf, bf), (wb, bb) = (fold_batch_norm(getattr(b, conv).weight, getattr(b, conv).bias, getattr(b, bn)) for b in (block_f, block_b))
-                weights.append(_stack_directions(wf, wb))  # (2F, F, 2): groups=2
-                biases.append(_stack_directions(bf, bb))
-        self.block_weights = nn.ParameterList(weights)
-        self.block_biases = nn.ParameterList(biases)
+                # causal kernel 2: out[t] = W[..., 1] x[t] + W[..., 0] x[t - dilation] + b
+                now.append(_frozen(_block_diagonal(wf[:, :, 1].t(), wb[:, :, 1].t())))  # (2F, 2F)
+                past.append(_frozen(_block_diagonal(wf[:, :, 0].t(), wb[:, :, 0].t())))
+                biases.append(_frozen(torch.cat([bf, bb])))
+        self.block_now, self.block_past, self.block_biases = nn.ParameterList(now), nn.ParameterList(past), nn.ParameterList(biases)
         self.fusion_weight = _frozen(model.fusion_weight)
         self.classifier_weight = _frozen(model.classifier.weight)
         self.classifier_bias = _frozen(model.classifier.bias)
 
+    @property
+    def onednn(self) -> bool:
+        """Whether the front end's convolutions run as fused oneDNN calls."""
+        return self.branches[0].onednn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self, f"(B, T, {self.n_mfcc})", (None, None, self.n_mfcc), min_sizes=(1, 1, 1))
+        return _in_micro_batches(self._forward, x, self.micro_batch)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames, m = x.shape
         nf = self.n_filters
-        mfcc = torch.stack((x, x.flip(1)), dim=1)  # (B, 2, T, M): the two directions as channels
-        branches = [
-            F.relu(F.conv2d(mfcc, getattr(self, f"{n}_weight"), getattr(self, f"{n}_bias"), padding=self.paddings[n], groups=2))
-            for n in ("time", "freq", "square")
-        ]
-        h = torch.cat(branches, dim=3)  # (B, 2F, T, 3M)
-        pooled = h.mean(dim=(2, 3)).view(batch, 2, nf).transpose(0, 1)  # (2, B, F)
+        # (B, 2, T, M) with the two directions as channels, stored channels-last (B, T, M, 2)
+        mfcc = torch.stack((x, x.flip(1)), dim=-1).permute(0, 3, 1, 2)
+        # Each branch as (B, T*M, 2F): a free view of oneDNN's channels-last output.
+        maps = [branch(mfcc).permute(0, 2, 3, 1).reshape(batch, frames * m, 2 * nf) for branch in self.branches]
+        pooled = sum(y.sum(dim=1) for y in maps) / (frames * 3 * m)  # (B, 2F): mean over (T, 3M)
+        pooled = pooled.view(batch, 2, nf).transpose(0, 1)  # (2, B, F)
         squeezed = F.relu(torch.baddbmm(self.squeeze_bias, pooled, self.squeeze_weight))
         scale = torch.sigmoid(torch.baddbmm(self.excite_bias, squeezed, self.excite_weight))  # (2, B, F)
-        # The SE scale of channel f multiplies the collapse weight of f instead of the (B, 2F, T, 3M) map.
-        scaled = scale.transpose(0, 1) * self.collapse_weight.view(1, 2, nf)  # (B, 2, F)
-        collapsed = torch.einsum("bdftm,bdf->bdtm", h.view(batch, 2, nf, frames, 3 * m), scaled)
-        collapsed = F.relu(collapsed + self.collapse_bias.view(1, 2, 1, 1))  # (B, 2, T, 3M)
-        front_in = torch.cat((collapsed, mfcc), dim=3).transpose(2, 3).reshape(batch, 2 * 4 * m, frames)
-        h = F.conv1d(front_in, self.project_weight, self.project_bias, groups=2)  # (B, 2F, T)
+        # The SE scale of channel f multiplies the collapse weight of f instead of the map.
+        scaled = scale.transpose(0, 1).reshape(batch, 2 * nf) * self.collapse_weight  # (B, 2F)
+        collapse = scaled[:, :, None] * self.direction_mask  # (B, 2F, 2)
+        collapsed = torch.cat([torch.bmm(y, collapse).view(batch, frames, m, 2) for y in maps], dim=2)  # (B, T, 3M, 2)
+        collapsed = collapsed.add_(self.collapse_bias).relu_()
+        front_in = torch.cat((collapsed, mfcc.permute(0, 2, 3, 1)), dim=2).view(batch * frames, 8 * m)
+        h = torch.addmm(self.project_bias, front_in, self.project_weight).view(batch, frames, 2 * nf)
         pooled_blocks = []
         for j, dilation in enumerate(self.dilations):
             g = h
-            for k in range(2):
-                g = F.relu(F.conv1d(F.pad(g, (dilation, 0)), self.block_weights[2 * j + k], self.block_biases[2 * j + k], dilation=dilation, groups=2))
+            for k in (2 * j, 2 * j + 1):
+                g = self._causal_conv(g, k, dilation).relu_()
             h = h * torch.sigmoid(g)
-            pooled_blocks.append(h.mean(dim=2))
+            pooled_blocks.append(h.mean(dim=1))
         pooled = torch.stack(pooled_blocks, dim=1)  # (B, n, 2F)
         pooled = pooled[..., :nf] + pooled[..., nf:]
         fused = torch.einsum("bnf,n->bf", pooled, self.fusion_weight)
         return F.linear(fused, self.classifier_weight, self.classifier_bias)
+
+    def _causal_conv(self, h: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
+        """Causal kernel-2 convolution k of the temporal blocks on (B, T, 2F), both directions."""
+        batch, frames, channels = h.shape
+        out = torch.addmm(self.block_biases[k], h.reshape(batch * frames, channels), self.block_now[k]).view(batch, frames, channels)
+        if dilation < frames:  # the past tap reaches inside the sequence (zero padding otherwise)
+            out[:, dilation:] += torch.matmul(h[:, : frames - dilation], self.block_past[k])
+        return out
 
 
 # ----------------------------------------------------------------------------- AFCN
@@ -313,11 +360,17 @@ class InferenceAFCN(nn.Module):
 # ----------------------------------------------------------------------------- entry point
 
 
+# Items per micro-batch by default (interleaved measurements, 2-core CPU, bench/results/): GLAM
+# batch 256 ran 1.8-1.9x eager in micro-batches of 32 against 1.3-1.5x whole; MS-SENet batch 32
+# (T = 188) ran about twice as fast in micro-batches of 1-2 as whole. AFCN gained nothing.
+AUTO_MICRO_BATCH = {"GLAM": 32, "MSSENet": 2}
+
+
 def prepare(
     model: nn.Module,
     merge_multiscale: bool | tuple[bool, bool, bool] = False,
     channels_last: bool = True,
-    micro_batch: int | None = 32,
+    micro_batch: int | None | str = "auto",
     onednn: bool | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
@@ -328,8 +381,11 @@ def prepare(
         merge_multiscale: GLAM only. Merge each multi-scale block's 3x3 and 5x5 branches into one
             5x5 convolution C -> 2C; one flag for all three blocks (C = 16, 32, 64) or one per block.
         channels_last: run the convolutions on NHWC activations (GLAM, AFCN).
-        micro_batch: GLAM only. Run larger batches this many segments at a time (None: all at once).
-            Batches up to this size run as they are.
+        micro_batch: GLAM and MS-SENet. Run larger batches this many items at a time, so that
+            each layer's activations stay in the CPU cache; batches up to this size run as they
+            are. None: the whole batch at once. "auto": the measured default of the model
+            (GLAM 32 segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map
+            per utterance).
         onednn: GLAM and AFCN. Run the convolutions (and GLAM's gMLP projections) as oneDNN calls
             with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
             None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
@@ -342,10 +398,14 @@ def prepare(
         raise TypeError(f"prepare expects a glam_fast GLAM, MSSENet or AFCN model, got {type(model).__name__}")
     param = next(model.parameters())
     use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
+    if micro_batch == "auto":
+        micro_batch = AUTO_MICRO_BATCH.get(type(model).__name__)
+    elif micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
+        raise ValueError(f'micro_batch must be a positive int, None or "auto", got {micro_batch!r}')
     if isinstance(model, GLAM):
         prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn)
     elif isinstance(model, MSSENet):
-        prepared = InferenceMSSENet(model)
+        prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:
         prepared = InferenceAFCN(model, channels_last, use_onednn)
     return prepared.eval()

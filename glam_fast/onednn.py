@@ -56,13 +56,15 @@ class ConvReLU(nn.Module):
     (B, C_out, H', W') in oneDNN's choice of format (channels-last for channels-last input).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding, stride=1, onednn: bool = False, channels_last: bool = True):
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, padding, stride=1, groups: int = 1, onednn: bool = False, channels_last: bool = True
+    ):
         super().__init__()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = nn.Parameter(weight.detach().clone().contiguous(memory_format=memory_format), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone().contiguous(), requires_grad=False)
         pair = lambda v: [v, v] if isinstance(v, int) else list(v)
-        self.padding, self.stride = pair(padding), pair(stride)
+        self.padding, self.stride, self.groups = pair(padding), pair(stride), groups
         self.onednn_requested = onednn
         self.onednn = onednn
         self._packed: torch.Tensor | None = None
@@ -70,9 +72,9 @@ class ConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn and not _needs_grad(x):
             if self._packed is None:
-                self._packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, [1, 1], 1)
-            return torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.bias, self.padding, self.stride, [1, 1], 1, "relu", [], "")
-        return F.relu(F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding))
+                self._packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, [1, 1], self.groups)
+            return torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.bias, self.padding, self.stride, [1, 1], self.groups, "relu", [], "")
+        return F.relu(F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, groups=self.groups))
 
     def _apply(self, fn, recurse=True):
         # Moving or casting the module invalidates the packed weight, and may rule oneDNN out.
@@ -87,7 +89,10 @@ class ConvReLU(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, padding={tuple(self.padding)}, onednn={self.onednn}"
+        return (
+            f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+            f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, onednn={self.onednn}"
+        )
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, onednn: bool) -> torch.Tensor:

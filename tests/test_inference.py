@@ -68,13 +68,21 @@ def test_glam_other_shape_and_source_untouched():
     assert not any(p.requires_grad for p in fast.parameters())
 
 
-def test_mssenet_matches_reference():
+@pytest.mark.parametrize("onednn", ONEDNN)
+@pytest.mark.parametrize("micro_batch", ["auto", None, 1])
+def test_mssenet_matches_reference(micro_batch, onednn):
     torch.manual_seed(3)
     model = randomize_batch_norm(MSSENet(num_classes=4, n_mfcc=13, n_blocks=4, n_filters=7), seed=3)
-    x = torch.randn(3, 37, 13)
-    with torch.inference_mode():
-        out = prepare(model)(x)
-    assert rel_err(out, reference64(model, x)) < FP32_TOL
+    fast = prepare(model, micro_batch=micro_batch, onednn=onednn)
+    assert fast.micro_batch == {"auto": 2, None: None, 1: 1}[micro_batch]
+    assert fast.onednn is onednn
+    # T = 37 > every dilation (1..8); T = 6: the blocks of dilation 8 see only zero padding in the past
+    for frames in (37, 6):
+        x = torch.randn(5, frames, 13)
+        with torch.inference_mode():
+            out = fast(x)
+        assert out.shape == (5, 4)
+        assert rel_err(out, reference64(model, x)) < FP32_TOL
 
 
 @pytest.mark.parametrize("onednn", ONEDNN)
@@ -102,6 +110,9 @@ def test_bad_input_is_rejected_by_name():
         fast(torch.randn(2, 1, 26, 50))
     with pytest.raises(TypeError, match="GLAM, MSSENet or AFCN"):
         prepare(torch.nn.Linear(3, 3))
+    for bad in (0, -2, 2.5, "fast", True):
+        with pytest.raises(ValueError, match="micro_batch must be a positive int"):
+            prepare(GLAM((26, 57), 4), micro_batch=bad)
     with pytest.raises(ValueError, match="lengths must lie"):
         prepare(AFCN(3))(torch.randn(1, 3, 70, 70), torch.tensor([10]))
 
@@ -121,12 +132,15 @@ class _CountOps(TorchDispatchMode):
 @needs_onednn
 def test_onednn_is_used_where_available():
     """On the CPU in float32 prepare() picks the fused oneDNN calls by default, and they are the
-    ones that run: every convolution (GLAM 2 per multi-scale block + conv5, AFCN 5) and GLAM's
-    two gMLP projections; no plain convolution or GELU is left."""
+    ones that run: every convolution (GLAM 2 per multi-scale block + conv5, MS-SENet's three
+    front-end branches, AFCN 5) and GLAM's
+    gMLP projections (input as value and gate halves, output); no plain convolution or GELU is left."""
     glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5))
+    mssenet = prepare(randomize_batch_norm(MSSENet(num_classes=4, n_mfcc=13, n_blocks=3, n_filters=7), seed=5))
     afcn = prepare(AFCN(num_classes=3, attn_dim=8).eval())
-    assert glam.onednn and afcn.onednn
-    for model, x, convs, linears in ((glam, torch.randn(2, 1, 26, 57), 7, 2), (afcn, torch.randn(2, 3, 70, 97), 5, 0)):
+    assert glam.onednn and mssenet.onednn and afcn.onednn
+    cases = ((glam, torch.randn(2, 1, 26, 57), 7, 3), (mssenet, torch.randn(2, 20, 13), 3, 0), (afcn, torch.randn(2, 3, 70, 97), 5, 0))
+    for model, x, convs, linears in cases:
         with torch.inference_mode(), _CountOps() as counted:
             model(x)
         assert counted.calls["mkldnn._convolution_pointwise"] == convs, counted.calls
