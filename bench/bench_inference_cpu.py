@@ -13,6 +13,7 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
 - ``prepared``: ``prepare(model)`` with its defaults (what the Scorer runs on the CPU);
 - GLAM and AFCN: ``prepared-plain``: ``prepare(model, onednn=False)`` (the same folding and
   layout with PyTorch's ops: what the oneDNN calls add);
+- MS-SENet and AFCN: ``prepared-whole-batch`` (no micro-batches: the whole batch at once);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
   ``prepared-nchw`` (no channels-last) and ``compiled-prepared`` (torch.compile of the
@@ -36,6 +37,7 @@ from glam_fast.inference import prepare
 
 THREADS = int(os.environ.get("GLAM_FAST_BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("GLAM_FAST_BENCH_REPEATS", "2"))
+ROUNDS = int(os.environ.get("GLAM_FAST_BENCH_ROUNDS", "5"))  # timed rounds per case (median reported)
 BATCHES = {"glam": (1, 32, 256), "mssenet": (1, 32, 256), "afcn": (1, 32, 256)}
 ITEMS_PER_ROUND = {"glam": 64, "mssenet": 32, "afcn": 16}  # at least this many items per round
 
@@ -54,8 +56,14 @@ if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices beh
             "compiled-prepared": {"onednn": False},
         }
     )
-AFCN_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}, "prepared-plain": {"onednn": False}}
-MSSENET_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}}
+AFCN_VARIANTS = {
+    "reference": None,
+    "compiled-reference": None,
+    "prepared": {},
+    "prepared-plain": {"onednn": False},
+    "prepared-whole-batch": {"micro_batch": None},
+}
+MSSENET_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}, "prepared-whole-batch": {"micro_batch": None}}
 VARIANTS = {"glam": GLAM_VARIANTS, "mssenet": MSSENET_VARIANTS, "afcn": AFCN_VARIANTS}
 
 
@@ -137,7 +145,7 @@ def test_inference(benchmark, name, batch, repeat, variant):
                 module(x)
 
         load_before = _load()
-        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
         model=name,
         batch=batch,

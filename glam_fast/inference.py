@@ -7,16 +7,17 @@ module that computes the same logits with less work:
   for GLAM's multi-scale blocks the identity shortcuts too: ``BN(cat[conv3(x) + x, conv5(x) + x])``
   becomes ``cat[conv3'(x), conv5'(x)]``, or (``merge_multiscale=True``) one 5x5 convolution
   C -> 2C with the 3x3 kernel embedded in it (47 % more multiply-adds, one call instead of two).
-- **oneDNN with pre-packed weights** (GLAM, AFCN; :mod:`glam_fast.onednn`): each convolution is
-  one call with its weight already in oneDNN's layout and the ReLU fused; GLAM's gMLP input
-  projection has its GELU fused and the output projection its residual add.
+- **oneDNN with pre-packed weights** (:mod:`glam_fast.onednn`): each 2-D convolution is one call
+  with its weight already in oneDNN's layout and the ReLU fused; GLAM's gMLP input projection
+  has its GELU fused and the output projection its residual add.
 - **Channels-last** activations, so oneDNN does not reorder between layers (GLAM, AFCN).
-- **Micro-batches** (GLAM, MS-SENet): a large batch runs a few items at a time so that each
-  layer's activations stay in the CPU cache.
+- **Micro-batches**: a large batch runs a few items at a time so that each layer's activations
+  stay in the CPU cache.
 - GLAM: the stem's two 3-tap convolutions as one small matmul that writes the height-concatenated
   map directly; each multi-scale branch max-pooled before the concatenation.
-- MS-SENet: the two time directions run as one grouped convolution per layer (``groups=2``), so
-  each layer is one call instead of two.
+- MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
+  GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
+  the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
 - AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
 
 The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
@@ -60,11 +61,13 @@ def _identity_kernel(channels: int, size: int, dtype: torch.dtype) -> torch.Tens
     return kernel
 
 
-def _in_micro_batches(forward, x: torch.Tensor, micro_batch: int | None) -> torch.Tensor:
-    """``forward(x)``, run ``micro_batch`` items at a time when the batch is larger (None: at once)."""
+def _in_micro_batches(forward, x: torch.Tensor, micro_batch: int | None, *per_item: torch.Tensor) -> torch.Tensor:
+    """``forward(x, *per_item)``, run ``micro_batch`` items at a time when the batch is larger
+    (None: at once); ``per_item`` tensors (e.g. lengths) are split along with x."""
     if micro_batch is None or x.shape[0] <= micro_batch:
-        return forward(x)
-    return torch.cat([forward(part) for part in torch.split(x, micro_batch)])
+        return forward(x, *per_item)
+    parts = zip(*(torch.split(t, micro_batch) for t in (x, *per_item)))
+    return torch.cat([forward(*part) for part in parts])
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -305,9 +308,10 @@ class InferenceAFCN(nn.Module):
     """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU, a
     channels-last trunk, masking only where padded."""
 
-    def __init__(self, model: AFCN, channels_last: bool, onednn: bool):
+    def __init__(self, model: AFCN, channels_last: bool, onednn: bool, micro_batch: int | None):
         super().__init__()
         self.num_classes, self.min_size, self.channels_last = model.num_classes, model.min_size, channels_last
+        self.micro_batch = micro_batch
         self.trunk = [layer for layer in model.features if isinstance(layer, (nn.Conv2d, nn.MaxPool2d))]
         self.convs = nn.ModuleList(
             [
@@ -328,10 +332,14 @@ class InferenceAFCN(nn.Module):
     def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         m = self.min_size
         x = check_input(x, self, "(B, 3, F, T)", (None, 3, None, None), min_sizes=(1, 3, m, m))
-        if lengths is not None:
-            lengths = self._check_lengths(lengths, x)
-            if bool((lengths == x.shape[3]).all()):
-                lengths = None  # nothing padded: every mask would keep everything
+        if lengths is None:
+            return _in_micro_batches(self._forward, x, self.micro_batch)
+        lengths = self._check_lengths(lengths, x)
+        return _in_micro_batches(self._forward, x, self.micro_batch, lengths)
+
+    def _forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is not None and bool((lengths == x.shape[3]).all()):
+            lengths = None  # nothing padded: every mask would keep everything
         # Without pre-packed weights, batch 1 stays NCHW: there oneDNN's per-call reorders of
         # channels-last weights cost more than the layout saves (2 cores, 257 x 201 input).
         channels_last = self.channels_last and (self.onednn or x.shape[0] > 1)
@@ -360,10 +368,12 @@ class InferenceAFCN(nn.Module):
 # ----------------------------------------------------------------------------- entry point
 
 
-# Items per micro-batch by default (interleaved measurements, 2-core CPU, bench/results/): GLAM
-# batch 256 ran 1.8-1.9x eager in micro-batches of 32 against 1.3-1.5x whole; MS-SENet batch 32
-# (T = 188) ran about twice as fast in micro-batches of 1-2 as whole. AFCN gained nothing.
-AUTO_MICRO_BATCH = {"GLAM": 32, "MSSENet": 2}
+# Items per micro-batch by default, from interleaved measurements on a 2-core CPU (the
+# prepared-whole-batch variants of bench/bench_inference_cpu.py): GLAM batch 256 ran 1.8-1.9x
+# eager in micro-batches of 32 against 1.3-1.5x whole (cpu-inference-run4-quiet.json); MS-SENet
+# (T = 188) ran 1.3-1.6x faster in micro-batches of 2 than whole at batch 32 and 256, AFCN
+# (257 x 201) 1.16x faster in micro-batches of 32 at batch 256 (cpu-inference-run6-quiet.json).
+AUTO_MICRO_BATCH = {"GLAM": 32, "MSSENet": 2, "AFCN": 32}
 
 
 def prepare(
@@ -381,11 +391,11 @@ def prepare(
         merge_multiscale: GLAM only. Merge each multi-scale block's 3x3 and 5x5 branches into one
             5x5 convolution C -> 2C; one flag for all three blocks (C = 16, 32, 64) or one per block.
         channels_last: run the convolutions on NHWC activations (GLAM, AFCN).
-        micro_batch: GLAM and MS-SENet. Run larger batches this many items at a time, so that
-            each layer's activations stay in the CPU cache; batches up to this size run as they
-            are. None: the whole batch at once. "auto": the measured default of the model
-            (GLAM 32 segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map
-            per utterance).
+        micro_batch: Run larger batches this many items at a time, so that each layer's
+            activations stay in the CPU cache; batches up to this size run as they are. None:
+            the whole batch at once. "auto": the measured default of the model (GLAM 32
+            segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map per
+            utterance; AFCN 32 windows).
         onednn: GLAM and AFCN. Run the convolutions (and GLAM's gMLP projections) as oneDNN calls
             with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
             None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
@@ -407,5 +417,5 @@ def prepare(
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:
-        prepared = InferenceAFCN(model, channels_last, use_onednn)
+        prepared = InferenceAFCN(model, channels_last, use_onednn, micro_batch)
     return prepared.eval()

@@ -104,6 +104,19 @@ def test_afcn_matches_reference_with_and_without_padding(channels_last, onednn):
         assert rel_err(fast(x[:1]), reference64(model, x[:1])) < FP32_TOL
 
 
+def test_afcn_micro_batches_split_the_lengths_too():
+    """Micro-batches of 2 over a batch of 5 where only some micro-batches are padded."""
+    torch.manual_seed(7)
+    model = AFCN(num_classes=3, attn_dim=8).eval()
+    fast = prepare(model, micro_batch=2)
+    assert prepare(model).micro_batch == 32
+    x = torch.randn(5, 3, 70, 97)
+    lengths = torch.tensor([97, 97, 80, 97, 63])
+    with torch.inference_mode():
+        assert rel_err(fast(x, lengths), reference64(model, x, lengths)) < FP32_TOL
+        assert rel_err(fast(x), reference64(model, x)) < FP32_TOL
+
+
 def test_bad_input_is_rejected_by_name():
     fast = prepare(GLAM((26, 57), 4))
     with pytest.raises(ValueError, match=r"expects input of shape \(B, 1, 26, 57\)"):
