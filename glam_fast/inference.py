@@ -168,8 +168,8 @@ class InferenceGLAM(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         padded = F.pad(x[:, 0], (1, 1, 1, 1))  # (B, H + 2, W + 2)
-        taps_a = torch.stack([padded[:, k : k + height, 1 : width + 1] for k in range(3)], dim=-1)  # along H
-        taps_b = torch.stack([padded[:, 1 : height + 1, k : k + width] for k in range(3)], dim=-1)  # along W
+        taps_a = padded[:, :, 1 : width + 1].unfold(1, 3, 1)  # (B, H, W, 3): the 3 taps along H
+        taps_b = padded[:, 1 : height + 1].unfold(2, 3, 1)  # (B, H, W, 3): the 3 taps along W
         taps = torch.stack((taps_a, taps_b), dim=1).view(batch, 2, height * width, 3)
         stem = torch.matmul(taps, self.stem_weight).add_(self.stem_bias).relu_()  # (B, 2, H*W, 16)
         x = stem.view(batch, 2 * height, width, -1).permute(0, 3, 1, 2)  # (B, 16, 2H, W), channels-last
@@ -190,11 +190,6 @@ class InferenceGLAM(nn.Module):
 
 
 # ----------------------------------------------------------------------------- MS-SENet
-
-
-def _block_diagonal(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
-    """(2 in, 2 out) block-diagonal matrix of two (in, out) matrices, one per time direction."""
-    return torch.block_diag(forward, backward)
 
 
 class InferenceMSSENet(nn.Module):
@@ -244,9 +239,10 @@ class InferenceMSSENet(nn.Module):
         for block_f, block_b in zip(fwd.blocks, bwd.blocks):
             for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
                 (wf, bf), (wb, bb) = (fold_batch_norm(getattr(b, conv).weight, getattr(b, conv).bias, getattr(b, bn)) for b in (block_f, block_b))
-                # causal kernel 2: out[t] = W[..., 1] x[t] + W[..., 0] x[t - dilation] + b
-                now.append(_frozen(_block_diagonal(wf[:, :, 1].t(), wb[:, :, 1].t())))  # (2F, 2F)
-                past.append(_frozen(_block_diagonal(wf[:, :, 0].t(), wb[:, :, 0].t())))
+                # causal kernel 2: out[t] = W[..., 1] x[t] + W[..., 0] x[t - dilation] + b, as
+                # (2F in, 2F out) block-diagonal matrices: forward direction first, then backward
+                now.append(_frozen(torch.block_diag(wf[:, :, 1].t(), wb[:, :, 1].t())))
+                past.append(_frozen(torch.block_diag(wf[:, :, 0].t(), wb[:, :, 0].t())))
                 biases.append(_frozen(torch.cat([bf, bb])))
         self.block_now, self.block_past, self.block_biases = nn.ParameterList(now), nn.ParameterList(past), nn.ParameterList(biases)
         self.fusion_weight = _frozen(model.fusion_weight)
