@@ -3,6 +3,7 @@ device's own ceilings (a large bf16 matmul, a large device-to-device copy)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -91,17 +92,19 @@ def measure_ceilings(device: torch.device, matmul_n: int, copy_bytes: int, setti
     """
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
-    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=generator)
-    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=generator)
-    mm_samples, _ = time_calls(lambda: torch.mm(a, b), device, settings)
+    # The operands live only inside these calls (partial holds them), so their memory is free
+    # again before the copy buffers are allocated.
+    operands = [torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=generator) for _ in range(2)]
+    mm_samples, _ = time_calls(functools.partial(torch.mm, *operands), device, settings)
+    operands.clear()
     mm_ms = quantile(mm_samples, 0.5)
-    del a, b
 
     src = torch.randint(0, 256, (copy_bytes,), dtype=torch.uint8, device=device, generator=generator)
-    dst = torch.empty_like(src)
-    copy_samples, _ = time_calls(lambda: dst.copy_(src), device, settings)
+    buffers = [torch.empty_like(src), src]
+    copy_samples, _ = time_calls(functools.partial(torch.Tensor.copy_, *buffers), device, settings)
+    buffers.clear()
+    del src
     copy_ms = quantile(copy_samples, 0.5)
-    del src, dst
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {
