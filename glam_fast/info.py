@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from glam_fast import _extension, dispatch
+from glam_fast import _extension, dispatch, onednn
 from glam_fast._version import __version__
 
 
@@ -38,7 +38,9 @@ def info() -> dict:
     """Versions, devices, the native extension's build, and each backend's status per device.
 
     ``backends[device][name]`` is '' when backend ``name`` can run on that device type, else the
-    reason it cannot; ``ops[name]`` lists the ops a fused backend implements.
+    reason it cannot; ``ops[name]`` lists the ops a fused backend implements;
+    ``cpu_inference_onednn`` tells whether the CPU inference forms (``glam_fast.inference``) run
+    their convolutions as fused oneDNN calls here.
     """
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {
@@ -52,15 +54,18 @@ def info() -> dict:
         "extension": _extension.build_info(),
         "backends": {dev: dispatch.backend_status(dev) for dev in device_types},
         "ops": {name: dispatch.registered_ops(name) for name in ("triton", "cuda")},
+        "cpu_inference_onednn": onednn.available(torch.device("cpu"), torch.float32),
     }
 
 
 def format_info(report: dict) -> str:
     """Human-readable form of :func:`info`."""
     lines = [
-        f"glam_fast {report['glam_fast']}  (python {report['python']}, torch {report['torch']}"
-        f"{', CUDA ' + report['torch_cuda'] if report['torch_cuda'] else ', CPU build'}, "
-        f"triton {report['triton'] or 'not installed'})",
+        (
+            f"glam_fast {report['glam_fast']}  (python {report['python']}, torch {report['torch']}"
+            f"{', CUDA ' + report['torch_cuda'] if report['torch_cuda'] else ', CPU build'}, "
+            f"triton {report['triton'] or 'not installed'})"
+        ),
         f"requested backend: {report['requested_backend']}",
         "devices:",
     ]
@@ -82,4 +87,8 @@ def format_info(report: dict) -> str:
                 ops = report["ops"].get(name)
                 detail = "" if ops is None else f" (ops: {', '.join(ops) if ops else 'none yet'})"
                 lines.append(f"  {name}: available{detail}")
+    if report["cpu_inference_onednn"]:
+        lines.append("CPU inference forms: fused oneDNN calls with packed weights")
+    else:
+        lines.append("CPU inference forms: plain PyTorch ops (this PyTorch build has no oneDNN)")
     return "\n".join(lines)
