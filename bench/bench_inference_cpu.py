@@ -41,13 +41,9 @@ ROUNDS = int(os.environ.get("GLAM_FAST_BENCH_ROUNDS", "5"))  # timed rounds per 
 BATCHES = {"glam": (1, 32, 256), "mssenet": (1, 32, 256), "afcn": (1, 32, 256)}
 ITEMS_PER_ROUND = {"glam": 64, "mssenet": 32, "afcn": 16}  # at least this many items per round
 
-GLAM_VARIANTS = {
-    "reference": None,
-    "compiled-reference": None,
-    "prepared": {},
-    "prepared-plain": {"onednn": False},
-    "prepared-merged": {"merge_multiscale": True},
-}
+# what every model is measured with: the two peers and prepare()'s defaults
+PEERS_AND_PREPARED = {"reference": None, "compiled-reference": None, "prepared": {}}
+GLAM_VARIANTS = {**PEERS_AND_PREPARED, "prepared-plain": {"onednn": False}, "prepared-merged": {"merge_multiscale": True}}
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
     GLAM_VARIANTS.update(
         {
@@ -56,14 +52,8 @@ if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices beh
             "compiled-prepared": {"onednn": False},
         }
     )
-AFCN_VARIANTS = {
-    "reference": None,
-    "compiled-reference": None,
-    "prepared": {},
-    "prepared-plain": {"onednn": False},
-    "prepared-whole-batch": {"micro_batch": None},
-}
-MSSENET_VARIANTS = {"reference": None, "compiled-reference": None, "prepared": {}, "prepared-whole-batch": {"micro_batch": None}}
+AFCN_VARIANTS = {**PEERS_AND_PREPARED, "prepared-plain": {"onednn": False}, "prepared-whole-batch": {"micro_batch": None}}
+MSSENET_VARIANTS = {**PEERS_AND_PREPARED, "prepared-whole-batch": {"micro_batch": None}}
 VARIANTS = {"glam": GLAM_VARIANTS, "mssenet": MSSENET_VARIANTS, "afcn": AFCN_VARIANTS}
 
 

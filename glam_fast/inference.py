@@ -226,7 +226,7 @@ class InferenceMSSENet(nn.Module):
         self.collapse_weight = _frozen(torch.cat([fwd.front.collapse.weight.flatten(), bwd.front.collapse.weight.flatten()]))  # (2F,)
         self.collapse_bias = _frozen(torch.cat([fwd.front.collapse.bias, bwd.front.collapse.bias]))  # (2,)
         # (2F, 2): column d selects direction d's channels (the collapse GEMM's block structure)
-        self.direction_mask = _frozen(torch.eye(2).repeat_interleave(self.n_filters, dim=0))
+        self.direction_mask = _frozen(torch.eye(2, dtype=fwd.front.collapse.weight.dtype).repeat_interleave(self.n_filters, dim=0))
         # Projection input is (B, T, 4M, 2): [time | freq | square | raw MFCC] along 4M, the
         # direction last; row k * 2 + d of the weight takes feature k of direction d.
         project = [d.front.project.weight[:, :, 0].t() for d in (fwd, bwd)]  # (4M, F) each
@@ -369,7 +369,7 @@ class InferenceAFCN(nn.Module):
 # eager in micro-batches of 32 against 1.3-1.5x whole (cpu-inference-run4-quiet.json); MS-SENet
 # (T = 188) ran 1.3-1.6x faster in micro-batches of 2 than whole at batch 32 and 256, AFCN
 # (257 x 201) 1.16x faster in micro-batches of 32 at batch 256 (cpu-inference-run6-quiet.json).
-AUTO_MICRO_BATCH = {"GLAM": 32, "MSSENet": 2, "AFCN": 32}
+AUTO_MICRO_BATCH = {GLAM: 32, MSSENet: 2, AFCN: 32}
 
 
 def prepare(
@@ -392,7 +392,7 @@ def prepare(
             the whole batch at once. "auto": the measured default of the model (GLAM 32
             segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map per
             utterance; AFCN 32 windows).
-        onednn: GLAM and AFCN. Run the convolutions (and GLAM's gMLP projections) as oneDNN calls
+        onednn: Run the 2-D convolutions (and GLAM's gMLP projections) as oneDNN calls
             with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
             None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
             (raises otherwise); False: plain PyTorch ops.
@@ -405,7 +405,7 @@ def prepare(
     param = next(model.parameters())
     use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
     if micro_batch == "auto":
-        micro_batch = AUTO_MICRO_BATCH.get(type(model).__name__)
+        micro_batch = next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls))
     elif micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
         raise ValueError(f'micro_batch must be a positive int, None or "auto", got {micro_batch!r}')
     if isinstance(model, GLAM):
