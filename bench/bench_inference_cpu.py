@@ -14,6 +14,12 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
 - GLAM and AFCN: ``prepared-plain``: ``prepare(model, onednn=False)`` (the same folding and
   layout with PyTorch's ops: what the oneDNN calls add);
 - MS-SENet and AFCN: ``prepared-whole-batch`` (no micro-batches: the whole batch at once);
+- GLAM and AFCN: ``prepared-convolutions-only``: only the prepared module's convolution calls
+  (fused oneDNN convolution + ReLU, as the ``prepared`` forward makes them, micro-batches
+  included), replayed on inputs recorded in a warm-up forward. No implementation that runs these
+  direct convolutions can take less time, so eager / this is the highest ratio to eager within
+  reach of direct convolution on the machine (the rest of the forward, e.g. pooling, counts
+  against it);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
   ``prepared-nchw`` (no channels-last) and ``compiled-prepared`` (torch.compile of the
@@ -34,6 +40,7 @@ import torch
 
 from glam_fast import AFCN, GLAM, MSSENet
 from glam_fast.inference import prepare
+from glam_fast.onednn import ConvReLU
 
 THREADS = int(os.environ.get("GLAM_FAST_BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("GLAM_FAST_BENCH_REPEATS", "2"))
@@ -43,7 +50,13 @@ ITEMS_PER_ROUND = {"glam": 64, "mssenet": 32, "afcn": 16}  # at least this many 
 
 # what every model is measured with: the two peers and prepare()'s defaults
 PEERS_AND_PREPARED = {"reference": None, "compiled-reference": None, "prepared": {}}
-GLAM_VARIANTS = {**PEERS_AND_PREPARED, "prepared-plain": {"onednn": False}, "prepared-merged": {"merge_multiscale": True}}
+CONVOLUTIONS_ONLY = {"prepared-convolutions-only": {}}  # prepare()'s defaults, convolution calls alone
+GLAM_VARIANTS = {
+    **PEERS_AND_PREPARED,
+    "prepared-plain": {"onednn": False},
+    "prepared-merged": {"merge_multiscale": True},
+    **CONVOLUTIONS_ONLY,
+}
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults
     GLAM_VARIANTS.update(
         {
@@ -52,7 +65,12 @@ if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices beh
             "compiled-prepared": {"onednn": False},
         }
     )
-AFCN_VARIANTS = {**PEERS_AND_PREPARED, "prepared-plain": {"onednn": False}, "prepared-whole-batch": {"micro_batch": None}}
+AFCN_VARIANTS = {
+    **PEERS_AND_PREPARED,
+    "prepared-plain": {"onednn": False},
+    "prepared-whole-batch": {"micro_batch": None},
+    **CONVOLUTIONS_ONLY,
+}
 MSSENET_VARIANTS = {**PEERS_AND_PREPARED, "prepared-whole-batch": {"micro_batch": None}}
 VARIANTS = {"glam": GLAM_VARIANTS, "mssenet": MSSENET_VARIANTS, "afcn": AFCN_VARIANTS}
 
@@ -78,13 +96,41 @@ def _build(name):
 _cache: dict = {}
 
 
+class ConvolutionReplay:
+    """The convolution calls of one ``prepared(x)`` forward, recorded with their inputs (clones,
+    same memory format) and replayed in the same order; calling it ignores its argument."""
+
+    def __init__(self, prepared: torch.nn.Module, x: torch.Tensor):
+        self.calls: list[tuple[ConvReLU, torch.Tensor]] = []
+
+        def record(conv, args, _out):
+            self.calls.append((conv, args[0].clone()))
+
+        hooks = [m.register_forward_hook(record) for m in prepared.modules() if isinstance(m, ConvReLU)]
+        try:
+            with torch.inference_mode():
+                prepared(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if not self.calls or not all(conv.onednn for conv, _ in self.calls):
+            raise RuntimeError("the prepared module made no fused oneDNN convolution calls to replay")
+
+    def __call__(self, _x=None) -> None:
+        for conv, recorded_input in self.calls:
+            conv(recorded_input)
+
+
 def _runner(name, variant, batch):
     """The module to time (built once per model/variant/batch: compilation stays out of the timings)."""
     key = (name, variant, batch)
     if key not in _cache:
-        model, _ = _models(name)
+        model, make_input = _models(name)
         variants = VARIANTS[name]
-        if variant == "reference":
+        if variant == "prepared-convolutions-only":
+            torch.manual_seed(batch)
+            module = ConvolutionReplay(prepare(model, **variants[variant]), make_input(batch))
+        elif variant == "reference":
             module = model
         elif variant == "compiled-reference":
             module = torch.compile(model, dynamic=False)
@@ -128,7 +174,8 @@ def test_inference(benchmark, name, batch, repeat, variant):
     with torch.inference_mode():
         reference = model.forward_reference(x)
         out = module(x)  # warm-up (and compilation, on first use)
-        assert (out - reference).norm() / reference.norm() < 1e-4
+        if not isinstance(module, ConvolutionReplay):  # (which returns nothing)
+            assert (out - reference).norm() / reference.norm() < 1e-4
 
         def run():
             for _ in range(calls):
