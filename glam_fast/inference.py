@@ -18,7 +18,8 @@ module that computes the same logits with less work:
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
-- AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding.
+- AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding;
+  the attention reads the trunk's channels-last map as it is, its tanh fused into the projection.
 
 The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
 branches, channels-last, the micro-batch sizes) come from interleaved measurements on a 2-core CPU
@@ -302,7 +303,7 @@ class InferenceMSSENet(nn.Module):
 
 class InferenceAFCN(nn.Module):
     """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU, a
-    channels-last trunk, masking only where padded."""
+    channels-last trunk, masking only where padded, the attention's projection + tanh one call."""
 
     def __init__(self, model: AFCN, channels_last: bool, onednn: bool, micro_batch: int | None):
         super().__init__()
@@ -316,7 +317,10 @@ class InferenceAFCN(nn.Module):
                 if isinstance(layer, nn.Conv2d)
             ]
         )
-        self.attention = _frozen_copy(model.attention)
+        attention = model.attention
+        self.proj_weight, self.proj_bias = _frozen(attention.proj.weight), _frozen(attention.proj.bias)  # (A, 256), (A,)
+        # λ folded into the context vector: λ (u . t) = (λ u) . t
+        self.context_scaled = _frozen(attention.scale * attention.context.weight[0])  # (A,)
         self.classifier = _frozen_copy(model.classifier)
         self._check_lengths = model._check_lengths  # bound method: the reference's length rules
 
@@ -351,14 +355,15 @@ class InferenceAFCN(nn.Module):
             if lengths is not None:
                 lengths = _out_size(lengths, layer)
                 h = AFCN._zero_beyond(h, lengths)  # ReLU(0) = 0: masking after the ReLU equals the reference's order
-        batch, _, freq, time = h.shape
-        a = h.contiguous().flatten(2).transpose(1, 2)  # (B, F'T', 256), position = f * T' + t
-        valid = None
+        batch, channels, freq, time = h.shape
+        # (B, F'T', 256), position = f * T' + t: a view of a channels-last map
+        a = h.permute(0, 2, 3, 1).reshape(batch, freq * time, channels)
+        energy = torch.matmul(onednn_ops.linear_tanh(a, self.proj_weight, self.proj_bias, self.onednn), self.context_scaled)  # (B, L)
         if lengths is not None:
             valid = torch.arange(time, device=h.device)[None, :] < lengths[:, None]
-            valid = valid[:, None, :].expand(batch, freq, time).reshape(batch, -1)
-        context, _ = self.attention(a, valid)
-        return self.classifier(context)
+            energy = energy.masked_fill(~valid[:, None, :].expand(batch, freq, time).reshape(batch, -1), float("-inf"))
+        alpha = torch.softmax(energy, dim=-1)
+        return self.classifier(torch.bmm(alpha.unsqueeze(1), a).squeeze(1))
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -9,7 +9,7 @@ weight packed once and apply ReLU / GELU / a residual add as the GEMM's epilogue
 - ``torch.ops.mkldnn._reorder_convolution_weight``: the weight in oneDNN's layout (an opaque
   tensor: no storage, so it is never saved, copied or pickled; it is rebuilt on first use);
 - ``torch.ops.mkldnn._convolution_pointwise(..., "relu")``: convolution + bias + ReLU;
-- ``torch.ops.mkldnn._linear_pointwise(..., "gelu")`` and its ``.binary(..., "add")`` form.
+- ``torch.ops.mkldnn._linear_pointwise(..., "gelu" / "tanh")`` and its ``.binary(..., "add")`` form.
 
 These operators have no backward, so they run only when no gradient is needed; an input that
 requires grad (with grad mode on) runs the equivalent PyTorch ops, which give the same values.
@@ -100,6 +100,13 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, onedn
     if onednn and not _needs_grad(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
     return F.gelu(F.linear(x, weight, bias))
+
+
+def linear_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """``tanh(x @ weight.T + bias)``; x: (..., in) -> (..., out)."""
+    if onednn and not _needs_grad(x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "tanh", [], "")
+    return torch.tanh(F.linear(x, weight, bias))
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, other: torch.Tensor, onednn: bool) -> torch.Tensor:

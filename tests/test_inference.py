@@ -146,19 +146,19 @@ class _CountOps(TorchDispatchMode):
 def test_onednn_is_used_where_available():
     """On the CPU in float32 prepare() picks the fused oneDNN calls by default, and they are the
     ones that run: every convolution (GLAM 2 per multi-scale block + conv5, MS-SENet's three
-    front-end branches, AFCN 5) and GLAM's
-    gMLP projections (input as value and gate halves, output); no plain convolution or GELU is left."""
+    front-end branches, AFCN 5), GLAM's gMLP projections (input as value and gate halves, output)
+    and AFCN's attention projection (tanh fused); no plain convolution, GELU or tanh is left."""
     glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5))
     mssenet = prepare(randomize_batch_norm(MSSENet(num_classes=4, n_mfcc=13, n_blocks=3, n_filters=7), seed=5))
     afcn = prepare(AFCN(num_classes=3, attn_dim=8).eval())
     assert glam.onednn and mssenet.onednn and afcn.onednn
-    cases = ((glam, torch.randn(2, 1, 26, 57), 7, 3), (mssenet, torch.randn(2, 20, 13), 3, 0), (afcn, torch.randn(2, 3, 70, 97), 5, 0))
+    cases = ((glam, torch.randn(2, 1, 26, 57), 7, 3), (mssenet, torch.randn(2, 20, 13), 3, 0), (afcn, torch.randn(2, 3, 70, 97), 5, 1))
     for model, x, convs, linears in cases:
         with torch.inference_mode(), _CountOps() as counted:
             model(x)
         assert counted.calls["mkldnn._convolution_pointwise"] == convs, counted.calls
         assert counted.calls["mkldnn._linear_pointwise"] == linears, counted.calls
-        assert not any(name in counted.calls for name in ("aten.convolution", "aten.mkldnn_convolution", "aten.gelu")), counted.calls
+        assert not any(name in counted.calls for name in ("aten.convolution", "aten.mkldnn_convolution", "aten.gelu", "aten.tanh")), counted.calls
 
 
 @needs_onednn
