@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_inference_cpu import ITEMS_PER_ROUND, ConvolutionReplay, _build
 from bench.environment import environment, utc_now, write_json
-from glam_fast.inference import prepare
 
+# The measuring code imports the benchmark suite (and with it pytest) when it runs, so that
+# bench.report can read these result files with this module's table().
 SCHEMA = "glam_fast.cpu-paired/1"
 MODELS = ("glam", "mssenet", "afcn")
 REFERENCE, COMPILED, PREPARED, CONVOLUTIONS = "reference", "compiled-reference", "prepared", "prepared-convolutions-only"
@@ -43,8 +43,11 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _variants(name: str, model: torch.nn.Module, make_input, batch: int) -> dict:
+def _variants(name: str, model, make_input, batch: int) -> dict:
     """variant -> callable(x) for one model and batch size (compiled on first call)."""
+    from bench.bench_inference_cpu import ConvolutionReplay
+    from glam_fast.inference import prepare
+
     variants = {REFERENCE: model, COMPILED: torch.compile(model, dynamic=False), PREPARED: prepare(model)}
     if name in ("glam", "afcn"):
         torch.manual_seed(batch)
@@ -54,6 +57,8 @@ def _variants(name: str, model: torch.nn.Module, make_input, batch: int) -> dict
 
 def measure(name: str, batch: int, rounds: int, target: float) -> dict:
     """One model and batch size: ``rounds`` paired rounds after an untimed warm-up round."""
+    from bench.bench_inference_cpu import ITEMS_PER_ROUND, _build
+
     model, make_input = _build(name)
     torch.manual_seed(1000 + batch)
     x = make_input(batch)

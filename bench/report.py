@@ -2,7 +2,8 @@
 
     python -m bench.report [--results bench/results [MORE ...]] [--out bench/README.md] [--plots bench/plots]
 
-Reads the GPU runner's JSON (``python -m bench.gpu``) and pytest-benchmark JSON (the CPU suites).
+Reads the GPU runner's JSON (``python -m bench.gpu``), pytest-benchmark JSON (the CPU suites) and
+the paired CPU inference rounds (``python -m bench.paired_cpu``).
 For each device and model it shows the newest run (a full run before a quick one): per mode, a
 table of items/s for every variant, dtype and batch size with the ratio to the best peer of the
 same dtype at that batch size, and a plot of items/s against batch size. pytest-benchmark results
@@ -20,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import paired_cpu
 from bench.environment import RESULTS_DIR, ROOT, SCHEMA, slug
 
 MODE_ORDER = ("inference", "train")
@@ -174,12 +176,13 @@ def _from_pytest_benchmark(path: Path, data: dict) -> tuple[Run | None, GenericB
     return run, generic
 
 
-def load(paths: list[Path]) -> tuple[list[Run], list[GenericBenchmarks], list[str]]:
-    """Every *.json under the given folders / files; unreadable or foreign files are reported."""
+def load(paths: list[Path]) -> tuple[list[Run], list[GenericBenchmarks], list[tuple[Path, dict]], list[str]]:
+    """Every *.json under the given folders / files: (runs, other pytest-benchmark files, paired
+    CPU rounds as (path, data), problems); unreadable or foreign files are reported."""
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
-    runs, generics, problems = [], [], []
+    runs, generics, paired, problems = [], [], [], []
     for path in files:
         try:
             data = json.loads(path.read_text())
@@ -188,13 +191,15 @@ def load(paths: list[Path]) -> tuple[list[Run], list[GenericBenchmarks], list[st
             continue
         if data.get("schema") == SCHEMA:
             runs.append(_from_runner(path, data))
+        elif data.get("schema") == paired_cpu.SCHEMA:
+            paired.append((path, data))
         elif "benchmarks" in data and "machine_info" in data:
             run, generic = _from_pytest_benchmark(path, data)
             runs.extend([run] if run else [])
             generics.extend([generic] if generic else [])
         else:
-            problems.append(f"{path.name}: neither a bench.gpu result nor pytest-benchmark JSON")
-    return runs, generics, problems
+            problems.append(f"{path.name}: neither a bench.gpu / bench.paired_cpu result nor pytest-benchmark JSON")
+    return runs, generics, paired, problems
 
 
 def select(runs: list[Run]) -> dict[tuple[str, str], Run]:
@@ -519,8 +524,26 @@ def _scoring_split(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def paired_section(path: Path, data: dict, readme_dir: Path) -> list[str]:
+    env = data.get("environment", {})
+    head = (
+        f"{_link(path, readme_dir)} (created {data.get('created', '?')[:19]}, torch {env.get('torch', '?')}, "
+        f"{env.get('cpu_threads', '?')} threads, commit {env.get('git_commit', '?')}{' (dirty)' if env.get('git_dirty') else ''})"
+    )
+    lines = [head, ""]
+    if data.get("note"):
+        lines += [f"> {data['note']}", ""]
+    return lines + [paired_cpu.table(data), ""]
+
+
 def render(
-    runs: list[Run], generics: list[GenericBenchmarks], problems: list[str], readme: Path, plots_dir: Path, draw: bool = True
+    runs: list[Run],
+    generics: list[GenericBenchmarks],
+    problems: list[str],
+    readme: Path,
+    plots_dir: Path,
+    draw: bool = True,
+    paired: list[tuple[Path, dict]] = (),
 ) -> tuple[str, set[Path]]:
     chosen = select(runs)
     made: set[Path] = set()
@@ -558,8 +581,21 @@ def render(
                 newest[g.key] = g
         for g in sorted(newest.values(), key=lambda g: g.key):
             lines += generic_section(g)
+    if paired:
+        lines += [
+            "## CPU inference in paired rounds (`bench/paired_cpu.py`)",
+            "",
+            "Every round runs every variant once, in rotating order; ratios are taken within the round.",
+            "",
+        ]
+        for path, data in sorted(paired, key=lambda p: p[1].get("created", ""), reverse=True):
+            lines += paired_section(path, data, readme.parent)
     lines += ["## All result files", "", "| file | kind | device | profile | created | commit | note |", "|---|---|---|---|---|---|---|"]
     entries = [(r.path, r.kind, r.device_slug, r.profile, r.created, r.environment.get("git_commit", "?"), r.note) for r in runs]
+    entries += [
+        (path, "cpu-paired", data.get("environment", {}).get("device_slug", "cpu"), "full", data.get("created", ""), data.get("environment", {}).get("git_commit", "?"), data.get("note", ""))
+        for path, data in paired
+    ]
     entries += [(g.path, "pytest-benchmark", g.device, g.profile, g.created, g.environment.get("git_commit", "?"), g.note) for g in generics if g.path not in {r.path for r in runs}]
     for path, kind, device, profile, created, commit, note in sorted(entries, key=lambda e: e[4], reverse=True):
         lines.append(f"| {_link(path, readme.parent)} | {kind} | {device} | {profile} | {created[:19]} | {commit} | {note} |")
@@ -577,15 +613,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true", help="tables only (existing plots are left alone)")
     args = p.parse_args(argv)
     plots_dir = args.plots or args.out.parent / "plots"
-    runs, generics, problems = load(args.results)
-    text, made = render(runs, generics, problems, args.out, plots_dir, draw=not args.no_plots)
+    runs, generics, paired, problems = load(args.results)
+    text, made = render(runs, generics, problems, args.out, plots_dir, draw=not args.no_plots, paired=paired)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     if made:  # plots of runs no longer shown are removed
         for old in plots_dir.glob("*.png"):
             if old.resolve() not in made:
                 old.unlink()
-    print(f"wrote {args.out} ({len(runs)} runs, {len(generics)} other benchmark files, {len(made)} plots)")
+    print(f"wrote {args.out} ({len(runs)} runs, {len(generics)} other benchmark files, {len(paired)} paired CPU runs, {len(made)} plots)")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return 0

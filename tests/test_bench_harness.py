@@ -301,3 +301,46 @@ def test_report_without_gpu_results_says_they_are_pending(tmp_path, dry_run):
     readme = tmp_path / "README.md"
     report.main(["--results", str(tmp_path / "r.json"), "--out", str(readme), "--no-plots"])
     assert "GPU results: pending" in readme.read_text()
+
+
+def test_paired_cpu_rounds_time_every_variant_per_round_and_reach_the_report(monkeypatch, tmp_path):
+    """bench/paired_cpu.py with a small model and uncompiled peers: every variant gets one time per
+    round, the reference's ratio to itself is 1, a variant whose output differs from the
+    reference is refused before any timing, and bench.report shows the table."""
+    from bench import bench_inference_cpu, paired_cpu
+    from bench.environment import environment
+    from glam_fast import GLAM, onednn
+    from glam_fast.inference import prepare
+
+    torch.manual_seed(0)
+    model = GLAM((26, 57), 4).eval()
+    monkeypatch.setattr(bench_inference_cpu, "_build", lambda name: (model, lambda b: torch.randn(b, 1, 26, 57)))
+    monkeypatch.setitem(bench_inference_cpu.ITEMS_PER_ROUND, "glam", 2)
+
+    def variants(name, m, make_input, batch):
+        prepared = prepare(m)
+        chosen = {"reference": m, "compiled-reference": m, "prepared": prepared}
+        if onednn.available(torch.device("cpu"), torch.float32):
+            chosen["prepared-convolutions-only"] = bench_inference_cpu.ConvolutionReplay(prepared, make_input(batch))
+        return chosen
+
+    monkeypatch.setattr(paired_cpu, "_variants", variants)
+    case = paired_cpu.measure("glam", 1, rounds=3, target=1.5)
+    assert case["items_per_round"] == 2 and case["rounds"] == 3
+    assert set(case["seconds_per_round"]) == set(case["summary"]) >= {"reference", "compiled-reference", "prepared"}
+    assert all(len(times) == 3 and min(times) > 0 for times in case["seconds_per_round"].values())
+    assert case["summary"]["reference"]["ratio_to_eager_median"] == 1.0
+    assert all(0 <= s["rounds_meeting_target"] <= 1 for s in case["summary"].values())
+
+    result = {"schema": paired_cpu.SCHEMA, "created": "2026-01-01T00:00:00", "target": 1.5, "note": "test run", "environment": environment(torch.device("cpu")), "cases": [case]}
+    (tmp_path / "cpu-inference-paired-test.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    assert report.main(["--results", str(tmp_path), "--out", str(readme), "--no-plots"]) == 0
+    text = readme.read_text()
+    assert "## CPU inference in paired rounds" in text and "| glam | 1 | prepared |" in text and "> test run" in text
+    assert "cpu-inference-paired-test.json" in text.split("## All result files")[1]
+
+    wrong = {"reference": model, "compiled-reference": model, "prepared": lambda x: torch.zeros(x.shape[0], 4)}
+    monkeypatch.setattr(paired_cpu, "_variants", lambda *args: wrong)
+    with pytest.raises(AssertionError, match="glam batch 1 prepared: relative error"):
+        paired_cpu.measure("glam", 1, rounds=2, target=1.5)
