@@ -56,10 +56,10 @@ def git_commit() -> tuple[str, bool | None]:
     if os.environ.get(COMMIT_ENV):
         return os.environ[COMMIT_ENV][:10], None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
             status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10
+                ["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=10
             )
             return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
