@@ -46,12 +46,12 @@ ONEDNN = [pytest.param(True, marks=needs_onednn), False]
 def test_glam_matches_reference(merge, channels_last, micro_batch, onednn):
     torch.manual_seed(1)
     model = randomize_batch_norm(GLAM((26, 57), num_classes=5), seed=1)
-    x = torch.randn(5, 1, 26, 57)
+    x = torch.randn(11, 1, 26, 57)  # micro-batches of 2, 4 or all; the head's of 8 within them
     fast = prepare(model, merge_multiscale=merge, channels_last=channels_last, micro_batch=micro_batch, onednn=onednn)
     assert fast.onednn is onednn
     with torch.inference_mode():
         out = fast(x)
-    assert out.shape == (5, 5)
+    assert out.shape == (11, 5)
     assert rel_err(out, reference64(model, x)) < FP32_TOL
 
 
@@ -159,6 +159,25 @@ def test_onednn_is_used_where_available():
         assert counted.calls["mkldnn._convolution_pointwise"] == convs, counted.calls
         assert counted.calls["mkldnn._linear_pointwise"] == linears, counted.calls
         assert not any(name in counted.calls for name in ("aten.convolution", "aten.mkldnn_convolution", "aten.gelu", "aten.tanh")), counted.calls
+
+
+@needs_onednn
+def test_glam_head_runs_in_its_own_micro_batches():
+    """Within a micro-batch, the gMLP head runs ``head_micro_batch`` segments per call (8 by
+    default) while the convolutions run once for all; the logits are those of one call."""
+    model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=7)
+    fast = prepare(model, micro_batch=None)
+    assert fast.head_micro_batch == 8
+    x = torch.randn(11, 1, 26, 57)
+    with torch.inference_mode(), _CountOps() as counted:
+        out = fast(x)
+    assert counted.calls["mkldnn._convolution_pointwise"] == 7, counted.calls
+    assert counted.calls["mkldnn._linear_pointwise"] == 3 * 2, counted.calls  # 8 + 3 segments
+    fast.head_micro_batch = None
+    with torch.inference_mode():
+        whole = fast(x)
+    assert rel_err(out, reference64(model, x)) < FP32_TOL
+    assert rel_err(whole, out) < FP32_TOL
 
 
 @needs_onednn
