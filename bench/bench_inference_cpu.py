@@ -20,6 +20,7 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
   direct convolutions can take less time, so eager / this is the highest ratio to eager within
   reach of direct convolution on the machine (the rest of the forward, e.g. pooling, counts
   against it);
+- GLAM: ``prepared-head-whole`` (the gMLP head on the whole micro-batch instead of chunks of 8);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
   ``prepared-nchw`` (no channels-last) and ``compiled-prepared`` (torch.compile of the
@@ -55,6 +56,7 @@ GLAM_VARIANTS = {
     **PEERS_AND_PREPARED,
     "prepared-plain": {"onednn": False},
     "prepared-merged": {"merge_multiscale": True},
+    "prepared-head-whole": {"head_micro_batch": None},
     **CONVOLUTIONS_ONLY,
 }
 if os.environ.get("GLAM_FAST_BENCH_VARIANTS") == "all":  # the other choices behind prepare()'s defaults

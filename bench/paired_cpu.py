@@ -4,15 +4,16 @@ so that the drift of a shared machine's speed cancels.
     GLAM_FAST_BENCH_THREADS=2 python -m bench.paired_cpu --out bench/results/cpu-inference-paired-<description>.json
     python -m bench.paired_cpu --summarize bench/results/cpu-inference-paired-<description>.json
 
-The variants are those of ``bench/bench_inference_cpu.py`` (eager reference,
-``torch.compile(reference)``, ``prepare(model)`` and, for GLAM and AFCN, the prepared module's
-convolution calls alone), the same models, inputs and items per round. There, each variant runs
-all its rounds before the next one starts, so a machine that slows down between two variants
-changes their ratio. Here every round runs every variant once, back to back, in an order that
-rotates from round to round, and a variant's ratio to the eager reference is taken within the
-round. Reported per model and batch size: each variant's median items/s, the median and
-quartiles of its per-round ratio to eager, and the fraction of rounds in which it ran at least
-``--target`` times eager (default 1.5) and faster than ``torch.compile(reference)``.
+The variants are some of ``bench/bench_inference_cpu.py``'s: the eager reference,
+``torch.compile(reference)``, ``prepare(model)``, for GLAM and AFCN the prepared module's
+convolution calls alone, and for GLAM ``prepare(model, head_micro_batch=None)``; the same models,
+inputs and items per round. There, each variant runs all its rounds before the next one starts,
+so a machine that slows down between two variants changes their ratio. Here every round runs
+every variant once, back to back, in an order that rotates from round to round, and a variant's
+ratio to the eager reference is taken within the round. Reported per model and batch size: each
+variant's median items/s, the median and quartiles of its per-round ratio to eager, and the
+fraction of rounds in which it ran at least ``--target`` times eager (default 1.5) and faster
+than ``torch.compile(reference)``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.environment import environment, utc_now, write_json
 SCHEMA = "glam_fast.cpu-paired/1"
 MODELS = ("glam", "mssenet", "afcn")
 REFERENCE, COMPILED, PREPARED, CONVOLUTIONS = "reference", "compiled-reference", "prepared", "prepared-convolutions-only"
+HEAD_WHOLE = "prepared-head-whole"
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -49,6 +51,8 @@ def _variants(name: str, model, make_input, batch: int) -> dict:
     from glam_fast.inference import prepare
 
     variants = {REFERENCE: model, COMPILED: torch.compile(model, dynamic=False), PREPARED: prepare(model)}
+    if name == "glam":  # the head's own micro-batches (prepare's default) against none
+        variants[HEAD_WHOLE] = prepare(model, head_micro_batch=None)
     if name in ("glam", "afcn"):
         torch.manual_seed(batch)
         variants[CONVOLUTIONS] = ConvolutionReplay(variants[PREPARED], make_input(batch))

@@ -123,11 +123,7 @@ GLAM_HEAD_MICRO_BATCH = 8
 
 
 class InferenceGLAM(nn.Module):
-    """GLAM for inference: (B, 1, H, W) MFCC segments -> (B, num_classes) logits. Built by :func:`prepare`.
-
-    ``head_micro_batch`` (default :data:`GLAM_HEAD_MICRO_BATCH`; None: all at once) splits each
-    micro-batch again for the gMLP head.
-    """
+    """GLAM for inference: (B, 1, H, W) MFCC segments -> (B, num_classes) logits. Built by :func:`prepare`."""
 
     def __init__(
         self,
@@ -136,11 +132,11 @@ class InferenceGLAM(nn.Module):
         channels_last: bool,
         micro_batch: int | None,
         onednn: bool,
+        head_micro_batch: int | None = None,
     ):
         super().__init__()
         self.shape, self.num_classes, self.fusion_dim = model.shape, model.num_classes, model.fusion_dim
-        self.channels_last, self.micro_batch = channels_last, micro_batch
-        self.head_micro_batch = GLAM_HEAD_MICRO_BATCH
+        self.channels_last, self.micro_batch, self.head_micro_batch = channels_last, micro_batch, head_micro_batch
         merges = (merge_multiscale,) * 3 if isinstance(merge_multiscale, bool) else tuple(merge_multiscale)
         wa, ba = fold_batch_norm(model.conv1a.weight, model.conv1a.bias, model.bn1a)
         wb, bb = fold_batch_norm(model.conv1b.weight, model.conv1b.bias, model.bn1b)
@@ -393,12 +389,22 @@ class InferenceAFCN(nn.Module):
 AUTO_MICRO_BATCH = {GLAM: 32, MSSENet: 2, AFCN: 32}
 
 
+def _batch_size_option(name: str, value, auto: int) -> int | None:
+    """A micro-batch size argument: a positive int, None (no split) or "auto" (-> ``auto``)."""
+    if value == "auto":
+        return auto
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f'{name} must be a positive int, None or "auto", got {value!r}')
+    return value
+
+
 def prepare(
     model: nn.Module,
     merge_multiscale: bool | tuple[bool, bool, bool] = False,
     channels_last: bool = True,
     micro_batch: int | None | str = "auto",
     onednn: bool | None = None,
+    head_micro_batch: int | None | str = "auto",
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -412,12 +418,14 @@ def prepare(
             activations stay in the CPU cache; batches up to this size run as they are. None:
             the whole batch at once. "auto": the measured default of the model (GLAM 32
             segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map per
-            utterance; AFCN 32 windows). GLAM's gMLP head runs in smaller chunks again
-            (``prepared.head_micro_batch``, default :data:`GLAM_HEAD_MICRO_BATCH`).
+            utterance; AFCN 32 windows).
         onednn: Run the 2-D convolutions (and GLAM's gMLP projections) as oneDNN calls
             with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
             None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
             (raises otherwise); False: plain PyTorch ops.
+        head_micro_batch: GLAM only. Segments per call of the gMLP head within each micro-batch
+            (its (n, 128, 364) activations then stay in the L2 cache); None: the whole
+            micro-batch; "auto": :data:`GLAM_HEAD_MICRO_BATCH`.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
@@ -426,12 +434,12 @@ def prepare(
         raise TypeError(f"prepare expects a glam_fast GLAM, MSSENet or AFCN model, got {type(model).__name__}")
     param = next(model.parameters())
     use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
-    if micro_batch == "auto":
-        micro_batch = next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls))
-    elif micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
-        raise ValueError(f'micro_batch must be a positive int, None or "auto", got {micro_batch!r}')
+    if not isinstance(model, GLAM) and (merge_multiscale is not False or head_micro_batch != "auto"):
+        raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
+    micro_batch = _batch_size_option("micro_batch", micro_batch, next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls)))
+    head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
     if isinstance(model, GLAM):
-        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn)
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch)
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:

@@ -124,8 +124,14 @@ def test_bad_input_is_rejected_by_name():
     with pytest.raises(TypeError, match="GLAM, MSSENet or AFCN"):
         prepare(torch.nn.Linear(3, 3))
     for bad in (0, -2, 2.5, "fast", True):
-        with pytest.raises(ValueError, match="micro_batch must be a positive int"):
+        with pytest.raises(ValueError, match="^micro_batch must be a positive int"):
             prepare(GLAM((26, 57), 4), micro_batch=bad)
+        with pytest.raises(ValueError, match="^head_micro_batch must be a positive int"):
+            prepare(GLAM((26, 57), 4), head_micro_batch=bad)
+    for other in (MSSENet(4), AFCN(3)):
+        for option in ({"head_micro_batch": 4}, {"merge_multiscale": True}):
+            with pytest.raises(ValueError, match=f"apply to GLAM only, not to {type(other).__name__}"):
+                prepare(other, **option)
     with pytest.raises(ValueError, match="lengths must lie"):
         prepare(AFCN(3))(torch.randn(1, 3, 70, 70), torch.tensor([10]))
 
@@ -166,18 +172,15 @@ def test_glam_head_runs_in_its_own_micro_batches():
     """Within a micro-batch, the gMLP head runs ``head_micro_batch`` segments per call (8 by
     default) while the convolutions run once for all; the logits are those of one call."""
     model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=7)
-    fast = prepare(model, micro_batch=None)
-    assert fast.head_micro_batch == 8
+    fast, whole = prepare(model, micro_batch=None), prepare(model, micro_batch=None, head_micro_batch=None)
+    assert (fast.head_micro_batch, whole.head_micro_batch, prepare(model, head_micro_batch=3).head_micro_batch) == (8, None, 3)
     x = torch.randn(11, 1, 26, 57)
-    with torch.inference_mode(), _CountOps() as counted:
-        out = fast(x)
-    assert counted.calls["mkldnn._convolution_pointwise"] == 7, counted.calls
-    assert counted.calls["mkldnn._linear_pointwise"] == 3 * 2, counted.calls  # 8 + 3 segments
-    fast.head_micro_batch = None
-    with torch.inference_mode():
-        whole = fast(x)
-    assert rel_err(out, reference64(model, x)) < FP32_TOL
-    assert rel_err(whole, out) < FP32_TOL
+    for module, head_calls in ((fast, 2), (whole, 1)):  # 8 + 3 segments, or 11 at once
+        with torch.inference_mode(), _CountOps() as counted:
+            out = module(x)
+        assert counted.calls["mkldnn._convolution_pointwise"] == 7, counted.calls
+        assert counted.calls["mkldnn._linear_pointwise"] == 3 * head_calls, counted.calls
+        assert rel_err(out, reference64(model, x)) < FP32_TOL
 
 
 @needs_onednn
