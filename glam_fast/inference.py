@@ -117,8 +117,9 @@ class InferenceMultiScale(nn.Module):
 
 
 # Segments per call of GLAM's gMLP head within a micro-batch: its (n, 128, 364) activations then
-# stay in the L2 cache. At batch 32 on a 2-core CPU (40 paired rounds) the prepared forward ran
-# 1.78x eager with chunks of 8 and 1.76x with 4, against 1.62-1.64x with the micro-batch's 32.
+# stay in the L2 cache. At batch 32 on a 2-core CPU, in rounds alternating the variants, chunks of
+# 8 ran 1.04-1.05x and 8.5 % faster than the whole 32 in two 40-round comparisons, and level in a
+# 15-round one (bench/results/cpu-inference-paired-run4-glam.json): a small gain, not a large one.
 GLAM_HEAD_MICRO_BATCH = 8
 
 
