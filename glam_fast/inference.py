@@ -118,7 +118,7 @@ class InferenceMultiScale(nn.Module):
 
 # Segments per call of GLAM's gMLP head within a micro-batch: its (n, 128, 364) activations then
 # stay in the L2 cache. At batch 32 on a 2-core CPU, in rounds alternating the variants, chunks of
-# 8 ran 1.04-1.05x and 8.5 % faster than the whole 32 in two 40-round comparisons, and level in a
+# 8 ran 4-5 % and 8.5 % faster than the whole 32 in two 40-round comparisons, and level in a
 # 15-round one (bench/results/cpu-inference-paired-run4-glam.json): a small gain, not a large one.
 GLAM_HEAD_MICRO_BATCH = 8
 
