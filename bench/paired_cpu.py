@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.environment import environment, utc_now, write_json
+from bench.timing import quantile
 
 # The measuring code imports the benchmark suite (and with it pytest) when it runs, so that
 # bench.report can read these result files with this module's table().
@@ -38,35 +39,29 @@ REFERENCE, COMPILED, PREPARED, CONVOLUTIONS = "reference", "compiled-reference",
 HEAD_WHOLE = "prepared-head-whole"
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+# What is timed per model; bench_inference_cpu builds each variant (_runner), as for its own cases.
+PAIRED_VARIANTS = {
+    "glam": (REFERENCE, COMPILED, PREPARED, HEAD_WHOLE, CONVOLUTIONS),
+    "mssenet": (REFERENCE, COMPILED, PREPARED),
+    "afcn": (REFERENCE, COMPILED, PREPARED, CONVOLUTIONS),
+}
 
 
-def _variants(name: str, model, make_input, batch: int) -> dict:
+def _variants(name: str, batch: int) -> dict:
     """variant -> callable(x) for one model and batch size (compiled on first call)."""
-    from bench.bench_inference_cpu import ConvolutionReplay
-    from glam_fast.inference import prepare
+    from bench.bench_inference_cpu import _runner
 
-    variants = {REFERENCE: model, COMPILED: torch.compile(model, dynamic=False), PREPARED: prepare(model)}
-    if name == "glam":  # the head's own micro-batches (prepare's default) against none
-        variants[HEAD_WHOLE] = prepare(model, head_micro_batch=None)
-    if name in ("glam", "afcn"):
-        torch.manual_seed(batch)
-        variants[CONVOLUTIONS] = ConvolutionReplay(variants[PREPARED], make_input(batch))
-    return variants
+    return {variant: _runner(name, variant, batch) for variant in PAIRED_VARIANTS[name]}
 
 
 def measure(name: str, batch: int, rounds: int, target: float) -> dict:
     """One model and batch size: ``rounds`` paired rounds after an untimed warm-up round."""
-    from bench.bench_inference_cpu import ITEMS_PER_ROUND, _build
+    from bench.bench_inference_cpu import ITEMS_PER_ROUND, _models
 
-    model, make_input = _build(name)
+    model, make_input = _models(name)
     torch.manual_seed(1000 + batch)
     x = make_input(batch)
-    variants = _variants(name, model, make_input, batch)
+    variants = _variants(name, batch)
     calls = max(1, ITEMS_PER_ROUND[name] // batch)
     order = list(variants)
     seconds: dict[str, list[float]] = {v: [] for v in order}
@@ -98,8 +93,8 @@ def measure(name: str, batch: int, rounds: int, target: float) -> dict:
         summary[variant] = {
             "items_per_s": items / statistics.median(seconds[variant]),
             "ratio_to_eager_median": statistics.median(ratios),
-            "ratio_to_eager_q1": _quantile(ratios, 0.25),
-            "ratio_to_eager_q3": _quantile(ratios, 0.75),
+            "ratio_to_eager_q1": quantile(ratios, 0.25),
+            "ratio_to_eager_q3": quantile(ratios, 0.75),
             "rounds_meeting_target": sum(r >= target and b for r, b in zip(ratios, beats_compile)) / rounds,
         }
     return {

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench import paired_cpu
 from bench.environment import RESULTS_DIR, ROOT, SCHEMA, slug
+from bench.timing import quantile
 
 MODE_ORDER = ("inference", "train")
 PROFILE_RANK = {"full": 2, "quick": 1, "dry-run": 0}
@@ -82,14 +83,6 @@ class GenericBenchmarks:
 # ---------------------------------------------------------------------------------------------
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def _from_runner(path: Path, data: dict) -> Run:
     return Run(
         path=path,
@@ -114,7 +107,7 @@ def _pytest_benchmark_measurement(bench: dict) -> dict:
     rec = {k: info[k] for k in MODEL_KEYS}
     rec.update({"peer": info.get("peer", True), "status": "ok", "median_ms": median_ms})
     if len(data_ms) >= 2:
-        rec["p20_ms"], rec["p80_ms"] = _quantile(data_ms, 0.2), _quantile(data_ms, 0.8)
+        rec["p20_ms"], rec["p80_ms"] = quantile(data_ms, 0.2), quantile(data_ms, 0.8)
     else:
         rec["p20_ms"], rec["p80_ms"] = stats["q1"] * 1e3, stats["q3"] * 1e3
     if len(data_ms) >= 4:  # "timed twice": the medians of the first and second half of the rounds

@@ -314,12 +314,16 @@ def test_paired_cpu_rounds_time_every_variant_per_round_and_reach_the_report(mon
 
     torch.manual_seed(0)
     model = GLAM((26, 57), 4).eval()
-    monkeypatch.setattr(bench_inference_cpu, "_build", lambda name: (model, lambda b: torch.randn(b, 1, 26, 57)))
+
+    def make_input(batch):
+        return torch.randn(batch, 1, 26, 57)
+
+    monkeypatch.setattr(bench_inference_cpu, "_models", lambda name: (model, make_input))
     monkeypatch.setitem(bench_inference_cpu.ITEMS_PER_ROUND, "glam", 2)
 
-    def variants(name, m, make_input, batch):
-        prepared = prepare(m)
-        chosen = {"reference": m, "compiled-reference": m, "prepared": prepared}
+    def variants(name, batch):
+        prepared = prepare(model)
+        chosen = {"reference": model, "compiled-reference": model, "prepared": prepared}
         if onednn.available(torch.device("cpu"), torch.float32):
             chosen["prepared-convolutions-only"] = bench_inference_cpu.ConvolutionReplay(prepared, make_input(batch))
         return chosen
