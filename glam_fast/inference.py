@@ -195,8 +195,8 @@ class InferenceGLAM(nn.Module):
         batch = tokens.shape[0]
         onednn = self.onednn
         z = self.norm(tokens)
-        value = onednn_ops.linear_gelu(z, self.value_weight, self.value_bias, onednn)  # (B, 128, 2d)
-        gate = self.gate_norm(onednn_ops.linear_gelu(z, self.gate_in_weight, self.gate_in_bias, onednn))
+        value = onednn_ops.linear_activation(z, self.value_weight, self.value_bias, "gelu", onednn)  # (B, 128, 2d)
+        gate = self.gate_norm(onednn_ops.linear_activation(z, self.gate_in_weight, self.gate_in_bias, "gelu", onednn))
         half_tanh = torch.baddbmm(self.mix_bias_doubled, self.mix_weight_doubled.expand(batch, -1, -1), gate).sigmoid_()
         gated = torch.addcmul(value, half_tanh, value, value=2).sub_(value, alpha=2)  # tanh(mix) * value
         x = onednn_ops.linear_add(gated, self.proj_out.weight, self.proj_out.bias, tokens, onednn)
@@ -371,7 +371,7 @@ class InferenceAFCN(nn.Module):
         batch, channels, freq, time = h.shape
         # (B, F'T', 256), position = f * T' + t: a view of a channels-last map
         a = h.permute(0, 2, 3, 1).reshape(batch, freq * time, channels)
-        energy = torch.matmul(onednn_ops.linear_tanh(a, self.proj_weight, self.proj_bias, self.onednn), self.context_scaled)  # (B, L)
+        energy = torch.matmul(onednn_ops.linear_activation(a, self.proj_weight, self.proj_bias, "tanh", self.onednn), self.context_scaled)  # (B, L)
         if lengths is not None:
             valid = torch.arange(time, device=h.device)[None, :] < lengths[:, None]
             energy = energy.masked_fill(~valid[:, None, :].expand(batch, freq, time).reshape(batch, -1), float("-inf"))

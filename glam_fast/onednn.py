@@ -95,18 +95,16 @@ class ConvReLU(nn.Module):
         )
 
 
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """``GELU(x @ weight.T + bias)`` (exact erf GELU); x: (..., in) -> (..., out)."""
-    if onednn and not _needs_grad(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-    return F.gelu(F.linear(x, weight, bias))
+# The unary epilogues used here: oneDNN post-op name -> the PyTorch op it stands for.
+_LINEAR_ACTIVATIONS = {"gelu": F.gelu, "tanh": torch.tanh}
 
 
-def linear_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """``tanh(x @ weight.T + bias)``; x: (..., in) -> (..., out)."""
+def linear_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activation: str, onednn: bool) -> torch.Tensor:
+    """``activation(x @ weight.T + bias)``, activation "gelu" (exact erf GELU) or "tanh";
+    x: (..., in) -> (..., out)."""
     if onednn and not _needs_grad(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "tanh", [], "")
-    return torch.tanh(F.linear(x, weight, bias))
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")  # "none": erf GELU
+    return _LINEAR_ACTIVATIONS[activation](F.linear(x, weight, bias))
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, other: torch.Tensor, onednn: bool) -> torch.Tensor:
