@@ -15,11 +15,13 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
   layout with PyTorch's ops: what the oneDNN calls add);
 - MS-SENet and AFCN: ``prepared-whole-batch`` (no micro-batches: the whole batch at once);
 - GLAM and AFCN: ``prepared-convolutions-only``: only the prepared module's convolution calls
-  (fused oneDNN convolution + ReLU, as the ``prepared`` forward makes them, micro-batches
-  included), replayed on inputs recorded in a warm-up forward. No implementation that runs these
-  direct convolutions can take less time, so eager / this is the highest ratio to eager within
-  reach of direct convolution on the machine (the rest of the forward, e.g. pooling, counts
-  against it);
+  (fused oneDNN convolution + ReLU, and AFCN's Winograd convolutions, as the ``prepared`` forward
+  makes them, micro-batches included), replayed on inputs recorded in a warm-up forward. No
+  implementation that runs these convolutions can take less time, so eager / this is the highest
+  ratio to eager within reach of these convolution algorithms on the machine (the rest of the
+  forward, e.g. pooling, counts against it);
+- AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (conv3-5 as direct oneDNN
+  convolutions, not Winograd);
 - GLAM: ``prepared-head-whole`` (the gMLP head on the whole micro-batch instead of chunks of 8);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
@@ -42,6 +44,7 @@ import torch
 from glam_fast import AFCN, GLAM, MSSENet
 from glam_fast.inference import prepare
 from glam_fast.onednn import ConvReLU
+from glam_fast.winograd import WinogradConvReLU
 
 THREADS = int(os.environ.get("GLAM_FAST_BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("GLAM_FAST_BENCH_REPEATS", "2"))
@@ -71,6 +74,7 @@ AFCN_VARIANTS = {
     **PEERS_AND_PREPARED,
     "prepared-plain": {"onednn": False},
     "prepared-whole-batch": {"micro_batch": None},
+    "prepared-direct": {"use_winograd": False},
     **CONVOLUTIONS_ONLY,
 }
 MSSENET_VARIANTS = {**PEERS_AND_PREPARED, "prepared-whole-batch": {"micro_batch": None}}
@@ -103,12 +107,15 @@ class ConvolutionReplay:
     same memory format) and replayed in the same order; calling it ignores its argument."""
 
     def __init__(self, prepared: torch.nn.Module, x: torch.Tensor):
-        self.calls: list[tuple[ConvReLU, torch.Tensor]] = []
+        self.calls: list[tuple[ConvReLU | WinogradConvReLU, torch.Tensor]] = []
 
         def record(conv, args, _out):
             self.calls.append((conv, args[0].clone()))
 
-        hooks = [m.register_forward_hook(record) for m in prepared.modules() if isinstance(m, ConvReLU)]
+        # A Winograd layer's own direct convolution (what it runs for small batches) is part of it.
+        nested = {id(m.direct) for m in prepared.modules() if isinstance(m, WinogradConvReLU)}
+        convolutions = [m for m in prepared.modules() if isinstance(m, (ConvReLU, WinogradConvReLU)) and id(m) not in nested]
+        hooks = [m.register_forward_hook(record) for m in convolutions]
         try:
             with torch.inference_mode():
                 prepared(x)
@@ -116,7 +123,7 @@ class ConvolutionReplay:
             for hook in hooks:
                 hook.remove()
         if not self.calls or not all(conv.onednn for conv, _ in self.calls):
-            raise RuntimeError("the prepared module made no fused oneDNN convolution calls to replay")
+            raise RuntimeError("the prepared module made no fused oneDNN or Winograd convolution calls to replay")
 
     def __call__(self, _x=None) -> None:
         for conv, recorded_input in self.calls:

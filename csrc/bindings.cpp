@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "build_config.h"
 #include "ops.h"
 #include "runtime_info.h"
+#include "winograd_cpu.h"
 
 namespace py = pybind11;
 
@@ -279,6 +281,59 @@ py::dict build_info() {
   return info;
 }
 
+// ---- Winograd F(4x4, 3x3) transforms (CPU) --------------------------------------------------
+
+void check_winograd_channels(const Checker& check, const TensorRef& t, int64_t channels) {
+  if (channels % glam_fast::kWinogradChannelStep != 0) {
+    check.value_error(t.name + " has " + std::to_string(channels) + " channels; the transforms need a multiple of " +
+                      std::to_string(glam_fast::kWinogradChannelStep) + " (use the direct convolution)");
+  }
+}
+
+void winograd_input_transform(py::handle x_obj, py::handle v_obj, int threads) {
+  const Checker check("winograd_input_transform", Where::kHost);
+  const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
+  for (const TensorRef* t : {&x, &v}) check.dtype(*t, "float32");
+  check.shape(x, {-1, -1, -1, -1}, "(B, H, W, C)");
+  check.contiguous(x, "(B, H, W, C) channels-last");
+  const int64_t batch = x.shape[0], height = x.shape[1], width = x.shape[2], channels = x.shape[3];
+  check_winograd_channels(check, x, channels);
+  const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
+  check.shape(v, {36, tiles, channels}, "(36, tiles, C)");
+  check.contiguous(v, "(36, tiles, C)");
+  const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), batch, height,
+                                          width, channels, tiles * channels, std::max(1, threads)};
+  py::gil_scoped_release release;
+  glam_fast::winograd_input_transform(args);
+}
+
+void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int threads) {
+  const Checker check("winograd_output_transform", Where::kHost);
+  const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
+  for (const TensorRef* t : {&bias, &y}) check.dtype(*t, "float32");
+  check.shape(y, {-1, -1, -1, -1}, "(B, H, W, C)");
+  check.contiguous(y, "(B, H, W, C) channels-last");
+  const int64_t batch = y.shape[0], height = y.shape[1], width = y.shape[2], channels = y.shape[3];
+  check_winograd_channels(check, y, channels);
+  check.shape(bias, {channels}, "(C,)");
+  check.contiguous(bias, "(C,)");
+  if (m_objs.size() != 36) check.value_error("m must hold the 36 GEMM outputs, got " + std::to_string(m_objs.size()));
+  const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
+  std::vector<const float*> m(36);
+  for (size_t k = 0; k < 36; ++k) {
+    const std::string name = "m[" + std::to_string(k) + "]";
+    const TensorRef t = check.tensor(m_objs[k], name.c_str());
+    check.dtype(t, "float32");
+    check.shape(t, {tiles, channels}, "(tiles, C)");
+    check.contiguous(t, "(tiles, C)");
+    m[k] = reinterpret_cast<const float*>(t.ptr);
+  }
+  const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
+                                           batch, height, width, channels, std::max(1, threads)};
+  py::gil_scoped_release release;
+  glam_fast::winograd_output_transform(args);
+}
+
 // (number of usable CUDA devices, reason when there are none)
 py::tuple cuda_device_count() {
 #ifdef GLAM_FAST_WITH_CUDA
@@ -303,6 +358,14 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "squeeze_excite_param_count", [](int filters, int n_mfcc) { return glam_fast::SqueezeExciteLayout(filters, n_mfcc).total; },
       py::arg("filters"), py::arg("n_mfcc"), "Floats of one direction's packed squeeze-excite parameters.");
+  m.attr("winograd_channel_step") = glam_fast::kWinogradChannelStep;
+  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"), py::arg("threads"),
+        "Winograd F(4x4, 3x3) input transform on the CPU: x (B, H, W, C) NHWC float32 (padding 1 implied) -> "
+        "v (36, tiles, C), tiles = B * ceil(H/4) * ceil(W/4).");
+  m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"),
+        py::arg("threads"),
+        "Winograd F(4x4, 3x3) output transform on the CPU: the 36 (tiles, C) GEMM outputs m -> "
+        "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
 #ifdef GLAM_FAST_WITH_CUDA
   m.def(
       "conv5x5_bias_relu",

@@ -27,3 +27,13 @@ def build_info() -> dict:
     if module is None:
         return {"built": False, "reason": reason, "cuda": False}
     return {"built": True, "reason": "", **module.build_info()}
+
+
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}
+
+
+def tensor_descriptor(t) -> tuple:
+    """What the extension's bindings read of a torch tensor: (data pointer, shape, strides, dtype
+    name, device type, device index); they check it before any kernel runs."""
+    index = -1 if t.device.index is None else t.device.index
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), _DTYPE_NAMES.get(str(t.dtype), str(t.dtype)), t.device.type, index)

@@ -18,8 +18,10 @@ module that computes the same logits with less work:
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
-- AFCN: the per-layer masking beyond each item's length is skipped for batches with no padding;
-  the attention reads the trunk's channels-last map as it is, its tanh fused into the projection.
+- AFCN: conv3-5 (3x3, 192-384 channels) as Winograd F(4x4, 3x3) convolutions from a few items
+  per call up (:mod:`glam_fast.winograd`: 2.25 multiplications per output instead of 9); the
+  per-layer masking beyond each item's length skipped for batches with no padding; the attention
+  reads the trunk's channels-last map as it is, its tanh fused into the projection.
 
 The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
 branches, channels-last, the micro-batch sizes) come from interleaved measurements on a 2-core CPU
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glam_fast import onednn as onednn_ops
+from glam_fast import winograd
 from glam_fast.models import AFCN, GLAM, MSSENet
 from glam_fast.models._checks import check_input
 from glam_fast.models.afcn import _out_size
@@ -315,21 +318,22 @@ class InferenceMSSENet(nn.Module):
 
 
 class InferenceAFCN(nn.Module):
-    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU, a
-    channels-last trunk, masking only where padded, the attention's projection + tanh one call."""
+    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU (the 3x3
+    layers as Winograd convolutions when ``use_winograd``), a channels-last trunk, masking only
+    where padded, the attention's projection + tanh one call."""
 
-    def __init__(self, model: AFCN, channels_last: bool, onednn: bool, micro_batch: int | None):
+    def __init__(self, model: AFCN, channels_last: bool, onednn: bool, micro_batch: int | None, use_winograd: bool):
         super().__init__()
         self.num_classes, self.min_size, self.channels_last = model.num_classes, model.min_size, channels_last
         self.micro_batch = micro_batch
         self.trunk = [layer for layer in model.features if isinstance(layer, (nn.Conv2d, nn.MaxPool2d))]
-        self.convs = nn.ModuleList(
-            [
-                onednn_ops.ConvReLU(layer.weight, layer.bias, layer.padding, layer.stride, onednn=onednn, channels_last=channels_last)
-                for layer in self.trunk
-                if isinstance(layer, nn.Conv2d)
-            ]
-        )
+
+        def conv(layer: nn.Conv2d) -> nn.Module:
+            if use_winograd and winograd.supported(layer.weight, layer.stride, layer.padding, layer.groups):
+                return winograd.WinogradConvReLU(layer.weight, layer.bias)
+            return onednn_ops.ConvReLU(layer.weight, layer.bias, layer.padding, layer.stride, onednn=onednn, channels_last=channels_last)
+
+        self.convs = nn.ModuleList([conv(layer) for layer in self.trunk if isinstance(layer, nn.Conv2d)])
         attention = model.attention
         self.proj_weight, self.proj_bias = _frozen(attention.proj.weight), _frozen(attention.proj.bias)  # (A, 256), (A,)
         # λ folded into the context vector: λ (u . t) = (λ u) . t
@@ -406,6 +410,7 @@ def prepare(
     micro_batch: int | None | str = "auto",
     onednn: bool | None = None,
     head_micro_batch: int | None | str = "auto",
+    use_winograd: bool | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -427,6 +432,11 @@ def prepare(
         head_micro_batch: GLAM only. Segments per call of the gMLP head within each micro-batch
             (its (n, 128, 364) activations then stay in the L2 cache); None: the whole
             micro-batch; "auto": :data:`GLAM_HEAD_MICRO_BATCH`.
+        use_winograd: AFCN only. Run conv3-5 as Winograd F(4x4, 3x3) convolutions
+            (:mod:`glam_fast.winograd`) for calls of at least :data:`glam_fast.winograd.MIN_TILES`
+            tiles (batch 2 and up at 257 x 201 input). None: wherever possible (oneDNN in use and
+            the native extension built); True: required (raises otherwise); False: direct
+            convolutions only.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
@@ -437,6 +447,13 @@ def prepare(
     use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
     if not isinstance(model, GLAM) and (merge_multiscale is not False or head_micro_batch != "auto"):
         raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
+    if not isinstance(model, AFCN) and use_winograd is not None:
+        raise ValueError(f"use_winograd applies to AFCN only, not to {type(model).__name__}")
+    if use_winograd and not (use_onednn and winograd.native_available()):
+        raise RuntimeError(
+            "prepare(use_winograd=True) needs the oneDNN path (float32 on the CPU) and glam_fast's native extension "
+            f"(oneDNN in use: {use_onednn}; extension: {'built' if winograd.native_available() else 'not built'})"
+        )
     micro_batch = _batch_size_option("micro_batch", micro_batch, next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls)))
     head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
     if isinstance(model, GLAM):
@@ -444,5 +461,6 @@ def prepare(
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:
-        prepared = InferenceAFCN(model, channels_last, use_onednn, micro_batch)
+        use_winograd = use_onednn and winograd.native_available() if use_winograd is None else use_winograd
+        prepared = InferenceAFCN(model, channels_last, use_onednn, micro_batch, use_winograd)
     return prepared.eval()

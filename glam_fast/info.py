@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from glam_fast import _extension, dispatch, onednn
+from glam_fast import _extension, dispatch, onednn, winograd
 from glam_fast._version import __version__
 
 
@@ -40,7 +40,8 @@ def info() -> dict:
     ``backends[device][name]`` is '' when backend ``name`` can run on that device type, else the
     reason it cannot; ``ops[name]`` lists the ops a fused backend implements;
     ``cpu_inference_onednn`` tells whether the CPU inference forms (``glam_fast.inference``) run
-    their convolutions as fused oneDNN calls here.
+    their convolutions as fused oneDNN calls here, ``cpu_inference_winograd`` whether AFCN's 3x3
+    layers can run as Winograd convolutions (oneDNN and the native extension).
     """
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {
@@ -55,6 +56,7 @@ def info() -> dict:
         "backends": {dev: dispatch.backend_status(dev) for dev in device_types},
         "ops": {name: dispatch.registered_ops(name) for name in ("triton", "cuda")},
         "cpu_inference_onednn": onednn.available(torch.device("cpu"), torch.float32),
+        "cpu_inference_winograd": onednn.available(torch.device("cpu"), torch.float32) and winograd.native_available(),
     }
 
 
@@ -88,7 +90,8 @@ def format_info(report: dict) -> str:
                 detail = "" if ops is None else f" (ops: {', '.join(ops) if ops else 'none yet'})"
                 lines.append(f"  {name}: available{detail}")
     if report["cpu_inference_onednn"]:
-        lines.append("CPU inference forms: fused oneDNN calls with packed weights")
+        winograd_note = "; AFCN's 3x3 layers as Winograd F(4x4, 3x3)" if report.get("cpu_inference_winograd") else ""
+        lines.append(f"CPU inference forms: fused oneDNN calls with packed weights{winograd_note}")
     else:
         lines.append("CPU inference forms: plain PyTorch ops (this PyTorch build has no oneDNN)")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ def test_info_report():
     assert report["backends"]["cpu"]["torch"] == ""
     assert "built" in report["extension"]
     assert report["cpu_inference_onednn"] is torch.backends.mkldnn.is_available()
+    assert report["cpu_inference_winograd"] is (report["cpu_inference_onednn"] and report["extension"]["built"])
 
 
 def test_cli_info_human_and_json():

@@ -50,7 +50,6 @@ from glam_fast.models.mssenet import KERAS_BN_EPS
 from glam_fast.ops.utils import empty_output
 
 _IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 # ---------------------------------------------------------------------------------------------
 # Shared plumbing
@@ -67,10 +66,7 @@ def _native():
     return module
 
 
-def _descriptor(t: Tensor) -> tuple:
-    """What the extension needs to know of a tensor: pointer, shape, strides, dtype, device."""
-    index = -1 if t.device.index is None else t.device.index
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), _DTYPE_NAMES.get(t.dtype, str(t.dtype)), t.device.type, index)
+_descriptor = _extension.tensor_descriptor
 
 
 def _stream(t: Tensor) -> int:
