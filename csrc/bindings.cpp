@@ -283,21 +283,24 @@ py::dict build_info() {
 
 // ---- Winograd F(4x4, 3x3) transforms (CPU) --------------------------------------------------
 
-void check_winograd_channels(const Checker& check, const TensorRef& t, int64_t channels) {
-  if (channels % glam_fast::kWinogradChannelStep != 0) {
-    check.value_error(t.name + " has " + std::to_string(channels) + " channels; the transforms need a multiple of " +
+// A float32 (B, H, W, C) NHWC map whose C the transforms' vector step divides: {B, H, W, C}.
+std::vector<int64_t> winograd_map(const Checker& check, const TensorRef& t) {
+  check.dtype(t, "float32");
+  check.shape(t, {-1, -1, -1, -1}, "(B, H, W, C)");
+  check.contiguous(t, "(B, H, W, C) channels-last");
+  if (t.shape[3] % glam_fast::kWinogradChannelStep != 0) {
+    check.value_error(t.name + " has " + std::to_string(t.shape[3]) + " channels; the transforms need a multiple of " +
                       std::to_string(glam_fast::kWinogradChannelStep) + " (use the direct convolution)");
   }
+  return t.shape;
 }
 
 void winograd_input_transform(py::handle x_obj, py::handle v_obj, int threads) {
   const Checker check("winograd_input_transform", Where::kHost);
   const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
-  for (const TensorRef* t : {&x, &v}) check.dtype(*t, "float32");
-  check.shape(x, {-1, -1, -1, -1}, "(B, H, W, C)");
-  check.contiguous(x, "(B, H, W, C) channels-last");
-  const int64_t batch = x.shape[0], height = x.shape[1], width = x.shape[2], channels = x.shape[3];
-  check_winograd_channels(check, x, channels);
+  const std::vector<int64_t> dims = winograd_map(check, x);
+  const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
+  check.dtype(v, "float32");
   const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
   check.shape(v, {36, tiles, channels}, "(36, tiles, C)");
   check.contiguous(v, "(36, tiles, C)");
@@ -310,11 +313,9 @@ void winograd_input_transform(py::handle x_obj, py::handle v_obj, int threads) {
 void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int threads) {
   const Checker check("winograd_output_transform", Where::kHost);
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
-  for (const TensorRef* t : {&bias, &y}) check.dtype(*t, "float32");
-  check.shape(y, {-1, -1, -1, -1}, "(B, H, W, C)");
-  check.contiguous(y, "(B, H, W, C) channels-last");
-  const int64_t batch = y.shape[0], height = y.shape[1], width = y.shape[2], channels = y.shape[3];
-  check_winograd_channels(check, y, channels);
+  const std::vector<int64_t> dims = winograd_map(check, y);
+  const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
+  check.dtype(bias, "float32");
   check.shape(bias, {channels}, "(C,)");
   check.contiguous(bias, "(C,)");
   if (m_objs.size() != 36) check.value_error("m must hold the 36 GEMM outputs, got " + std::to_string(m_objs.size()));

@@ -50,12 +50,21 @@ GLAM_FAST_ALWAYS_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof 
     (out)[3 * (step)] = (m)[1] - (m)[2] + 8.f * ((m)[3] - (m)[4]) + (m)[5]; \
   } while (0)
 
+// Where tile t of a (B, H, W) map lies: item b, tile row i, tile column j (outputs 4i.., 4j..).
+struct TileIndex {
+  int64_t b, i, j;
+  TileIndex(int64_t t, int64_t height, int64_t width) {
+    const int64_t tiles_h = (height + 3) / 4, tiles_w = (width + 3) / 4;
+    b = t / (tiles_h * tiles_w), i = (t / tiles_w) % tiles_h, j = t % tiles_w;
+  }
+};
+
 GLAM_FAST_CPU_CLONES
 void input_tiles(const WinogradInputArgs a, int64_t tile_begin, int64_t tile_end) {
-  const int64_t tiles_h = (a.height + 3) / 4, tiles_w = (a.width + 3) / 4, C = a.channels;
+  const int64_t C = a.channels;
   const Vec zero = {};
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t b = t / (tiles_h * tiles_w), i = (t / tiles_w) % tiles_h, j = t % tiles_w;
+    const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const float* rows[6];  // input row of each tile row, nullptr in the zero padding
     bool column_in[6];
     for (int r = 0; r < 6; ++r) {
@@ -82,10 +91,10 @@ void input_tiles(const WinogradInputArgs a, int64_t tile_begin, int64_t tile_end
 
 GLAM_FAST_CPU_CLONES
 void output_tiles(const WinogradOutputArgs a, int64_t tile_begin, int64_t tile_end) {
-  const int64_t tiles_h = (a.height + 3) / 4, tiles_w = (a.width + 3) / 4, C = a.channels;
+  const int64_t C = a.channels;
   const Vec zero = {};
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t b = t / (tiles_h * tiles_w), i = (t / tiles_w) % tiles_h, j = t % tiles_w;
+    const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const int64_t rows_out = std::min<int64_t>(4, a.height - 4 * i), columns_out = std::min<int64_t>(4, a.width - 4 * j);
     for (int64_t c = 0; c < C; c += kWinogradChannelStep) {
       Vec p[6][4];  // p = m A, p[row][output column]
