@@ -8,7 +8,8 @@ the transformed tile, summed over input channels, is 36 GEMMs of (tiles, C_in) x
 transforms and weights 4x larger (36 / 9), which pay off once there are enough tiles per GEMM:
 
 - input transform ``v = B^T d B``: native (``glam_fast._C.winograd_input_transform``);
-- the 36 GEMMs: oneDNN ``_linear_pointwise`` with weights transformed and packed once;
+- the 36 GEMMs: one ``torch.bmm`` up to :data:`BMM_MAX_TILES` tiles, above it 36 oneDNN
+  ``_linear_pointwise`` calls with the transformed weights packed once;
 - output transform ``relu(A^T m A + bias)``: native (``glam_fast._C.winograd_output_transform``).
 
 Numerics: the transforms' coefficients (up to 8 and 1/24) cost precision; in float32 the
@@ -43,6 +44,12 @@ CHANNEL_STEP = 16  # the native transforms run 16 channels per vector step
 # item): at batch 1 Winograd took 5.9 ms against 3.5 direct (the 4x larger transformed weights
 # are streamed for 12-row GEMMs), at batch 2 5.3 against 6.1, at batch 8 14.2 against 23.5.
 MIN_TILES = 24
+
+# Most tiles for which the 36 GEMMs run as one batched matmul (torch.bmm); above, 36 oneDNN calls
+# with packed weights. Measured for AFCN's conv3-5 (36 positions): at 12 tiles bmm took 0.45-0.68
+# ms per layer against 0.93-1.08 for the oneDNN calls, at 96 tiles level, at 384 tiles 11-16 ms
+# against 10-14.
+BMM_MAX_TILES = 96
 
 # Threads of the native transforms. One: each oneDNN GEMM before a transform leaves PyTorch's
 # OpenMP workers spin-waiting on their cores, and a second transform thread shares a core with
@@ -144,7 +151,8 @@ class WinogradConvReLU(nn.Module):
             raise ValueError(f"WinogradConvReLU needs a 3x3 weight with C_in and C_out multiples of {CHANNEL_STEP}, got {tuple(weight.shape)}")
         _native()
         self.direct = onednn_ops.ConvReLU(weight, bias, padding=1, onednn=True, channels_last=True)
-        self.weight_transformed = nn.Parameter(transform_weight(weight), requires_grad=False)  # (36, C_out, C_in)
+        # (36, C_in, C_out): the right-hand side of the batched GEMM
+        self.weight_transformed = nn.Parameter(transform_weight(weight).transpose(1, 2).contiguous(), requires_grad=False)
         self.min_tiles = min_tiles
         self._packed: list[torch.Tensor] | None = None
 
@@ -166,10 +174,14 @@ class WinogradConvReLU(nn.Module):
         if not self.uses_winograd(x):
             return self.direct(x)
         batch, _, height, width = x.shape
-        if self._packed is None:  # oneDNN's layout of each position's (C_out, C_in) weight
-            self._packed = [torch.ops.mkldnn._reorder_linear_weight(u, tiles(batch, height, width)) for u in self.weight_transformed]
+        n_tiles = tiles(batch, height, width)
         v = input_transform(x.permute(0, 2, 3, 1).contiguous())  # (36, tiles, C_in)
-        m = [torch.ops.mkldnn._linear_pointwise(v[k], self._packed[k], None, "none", [], "") for k in range(POSITIONS)]
+        if n_tiles <= BMM_MAX_TILES:
+            m = torch.bmm(v, self.weight_transformed).unbind(0)  # 36 x (tiles, C_out)
+        else:
+            if self._packed is None:  # oneDNN's layout of each position's (C_out, C_in) weight
+                self._packed = [torch.ops.mkldnn._reorder_linear_weight(u.t().contiguous(), n_tiles) for u in self.weight_transformed]
+            m = [torch.ops.mkldnn._linear_pointwise(v[k], self._packed[k], None, "none", [], "") for k in range(POSITIONS)]
         return output_transform(m, self.bias, height, width).permute(0, 3, 1, 2)
 
     def _apply(self, fn, recurse=True):
@@ -182,5 +194,5 @@ class WinogradConvReLU(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        c_out, c_in = self.weight_transformed.shape[1:]
+        c_in, c_out = self.weight_transformed.shape[1:]
         return f"{c_in}, {c_out}, kernel_size=(3, 3), padding=(1, 1), min_tiles={self.min_tiles}"

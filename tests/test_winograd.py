@@ -58,8 +58,11 @@ def test_algorithm_in_float64_is_the_convolution(shape):
 
 
 @needs_native
+@pytest.mark.parametrize("gemm", ["bmm", "onednn"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_native_path_matches_the_convolution(shape):
+def test_native_path_matches_the_convolution(shape, gemm, monkeypatch):
+    """Both ways of running the 36 GEMMs: one batched matmul (small calls) or oneDNN calls."""
+    monkeypatch.setattr(winograd, "BMM_MAX_TILES", 10**9 if gemm == "bmm" else 0)
     batch, c_in, c_out, h, w = shape
     weight, bias = _layer(c_in, c_out, seed=h + w)
     x = torch.randn(batch, c_in, h, w).contiguous(memory_format=torch.channels_last)
@@ -167,3 +170,21 @@ def test_use_winograd_is_checked():
         prepare(GLAM((26, 57), 4), use_winograd=True)
     with pytest.raises(RuntimeError, match=r"use_winograd=True\) needs the oneDNN path"):
         prepare(AFCN(3), onednn=False, use_winograd=True)
+
+
+@needs_native
+def test_gemms_run_batched_for_small_calls_and_as_onednn_calls_above():
+    """Up to BMM_MAX_TILES tiles the 36 GEMMs are one bmm, above it 36 oneDNN calls."""
+    from tests.test_inference import _CountOps
+
+    weight, bias = _layer(16, 16, seed=9)
+    layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
+    per_item = winograd.tiles(1, 8, 8)
+    small, large = winograd.BMM_MAX_TILES // per_item, winograd.BMM_MAX_TILES // per_item + 1
+    for batch, bmm_calls, onednn_calls in ((small, 1, 0), (large, 0, 36)):
+        x = torch.randn(batch, 16, 8, 8)
+        with torch.inference_mode(), _CountOps() as counted:
+            out = layer(x)
+        assert (counted.calls["aten.bmm"], counted.calls["mkldnn._linear_pointwise"]) == (bmm_calls, onednn_calls), counted.calls
+        assert "aten.convolution" not in counted.calls and "mkldnn._convolution_pointwise" not in counted.calls
+        assert rel_err(out, _direct64(x, weight, bias)) < 1e-5
