@@ -188,3 +188,23 @@ def test_gemms_run_batched_for_small_calls_and_as_onednn_calls_above():
         assert (counted.calls["aten.bmm"], counted.calls["mkldnn._linear_pointwise"]) == (bmm_calls, onednn_calls), counted.calls
         assert "aten.convolution" not in counted.calls and "mkldnn._convolution_pointwise" not in counted.calls
         assert rel_err(out, _direct64(x, weight, bias)) < 1e-5
+
+
+@needs_native
+def test_used_layer_copies_pickles_and_casts():
+    """The packed oneDNN weights are a cache: a deep copy or pickle of a layer that has used them
+    gives the same output; cast to float64 it leaves the Winograd path and still matches."""
+    import copy
+    import pickle
+
+    weight, bias = _layer(16, 32, seed=10)
+    layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
+    x = torch.randn(winograd.BMM_MAX_TILES + 1, 16, 3, 3)  # one tile per item: the oneDNN GEMM path
+    with torch.inference_mode():
+        out = layer(x)
+        assert layer._packed is not None
+        assert torch.equal(copy.deepcopy(layer)(x), out)
+        assert torch.equal(pickle.loads(pickle.dumps(layer))(x), out)
+        as_double = copy.deepcopy(layer).double()
+        assert not as_double.uses_winograd(x.double())
+        assert rel_err(as_double(x.double()), _direct64(x, weight, bias)) < 1e-12
