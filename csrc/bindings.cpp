@@ -295,7 +295,7 @@ std::vector<int64_t> winograd_map(const Checker& check, const TensorRef& t) {
   return t.shape;
 }
 
-void winograd_input_transform(py::handle x_obj, py::handle v_obj, int threads) {
+void winograd_input_transform(py::handle x_obj, py::handle v_obj) {
   const Checker check("winograd_input_transform", Where::kHost);
   const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
   const std::vector<int64_t> dims = winograd_map(check, x);
@@ -305,12 +305,12 @@ void winograd_input_transform(py::handle x_obj, py::handle v_obj, int threads) {
   check.shape(v, {36, tiles, channels}, "(36, tiles, C)");
   check.contiguous(v, "(36, tiles, C)");
   const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), batch, height,
-                                          width, channels, tiles * channels, std::max(1, threads)};
+                                          width, channels, tiles * channels};
   py::gil_scoped_release release;
   glam_fast::winograd_input_transform(args);
 }
 
-void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int threads) {
+void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj) {
   const Checker check("winograd_output_transform", Where::kHost);
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
   const std::vector<int64_t> dims = winograd_map(check, y);
@@ -330,7 +330,7 @@ void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle
     m[k] = reinterpret_cast<const float*>(t.ptr);
   }
   const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
-                                           batch, height, width, channels, std::max(1, threads)};
+                                           batch, height, width, channels};
   py::gil_scoped_release release;
   glam_fast::winograd_output_transform(args);
 }
@@ -359,12 +359,10 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "squeeze_excite_param_count", [](int filters, int n_mfcc) { return glam_fast::SqueezeExciteLayout(filters, n_mfcc).total; },
       py::arg("filters"), py::arg("n_mfcc"), "Floats of one direction's packed squeeze-excite parameters.");
-  m.attr("winograd_channel_step") = glam_fast::kWinogradChannelStep;
-  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"), py::arg("threads"),
+  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"),
         "Winograd F(4x4, 3x3) input transform on the CPU: x (B, H, W, C) NHWC float32 (padding 1 implied) -> "
         "v (36, tiles, C), tiles = B * ceil(H/4) * ceil(W/4).");
   m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"),
-        py::arg("threads"),
         "Winograd F(4x4, 3x3) output transform on the CPU: the 36 (tiles, C) GEMM outputs m -> "
         "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
 #ifdef GLAM_FAST_WITH_CUDA

@@ -1,12 +1,12 @@
 // Winograd F(4x4, 3x3) input and output transforms on the CPU (see winograd_cpu.h). Memory-bound
 // loops over tiles, vectorised over 16 channels with GCC vector types; built for AVX-512, AVX2
-// and baseline x86-64, chosen at load time (target_clones). Tiles are split over threads.
+// and baseline x86-64, chosen at load time (target_clones). Single-threaded: run between oneDNN
+// calls, a second thread shared a core with PyTorch's spin-waiting OpenMP workers and was slower
+// (glam_fast/winograd.py).
 #include "winograd_cpu.h"
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
-#include <vector>
 
 namespace glam_fast {
 namespace {
@@ -60,10 +60,10 @@ struct TileIndex {
 };
 
 GLAM_FAST_CPU_CLONES
-void input_tiles(const WinogradInputArgs a, int64_t tile_begin, int64_t tile_end) {
-  const int64_t C = a.channels;
+void input_tiles(const WinogradInputArgs a) {
+  const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
   const Vec zero = {};
-  for (int64_t t = tile_begin; t < tile_end; ++t) {
+  for (int64_t t = 0; t < tiles; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const float* rows[6];  // input row of each tile row, nullptr in the zero padding
     bool column_in[6];
@@ -90,10 +90,10 @@ void input_tiles(const WinogradInputArgs a, int64_t tile_begin, int64_t tile_end
 }
 
 GLAM_FAST_CPU_CLONES
-void output_tiles(const WinogradOutputArgs a, int64_t tile_begin, int64_t tile_end) {
-  const int64_t C = a.channels;
+void output_tiles(const WinogradOutputArgs a) {
+  const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
   const Vec zero = {};
-  for (int64_t t = tile_begin; t < tile_end; ++t) {
+  for (int64_t t = 0; t < tiles; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const int64_t rows_out = std::min<int64_t>(4, a.height - 4 * i), columns_out = std::min<int64_t>(4, a.width - 4 * j);
     for (int64_t c = 0; c < C; c += kWinogradChannelStep) {
@@ -117,28 +117,14 @@ void output_tiles(const WinogradOutputArgs a, int64_t tile_begin, int64_t tile_e
   }
 }
 
-// Runs body(begin, end) over [0, n) in `threads` contiguous parts (the calling thread takes one).
-template <typename Body>
-void parallel_tiles(int64_t n, int threads, Body body) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, n / 8));  // >= 8 tiles per thread
-  if (parts == 1) return body(int64_t(0), n);
-  std::vector<std::thread> workers;
-  workers.reserve(parts - 1);
-  for (int64_t p = 1; p < parts; ++p) workers.emplace_back(body, n * p / parts, n * (p + 1) / parts);
-  body(int64_t(0), n / parts);
-  for (auto& w : workers) w.join();
-}
-
 }  // namespace
 
 void winograd_input_transform(const WinogradInputArgs& args) {
-  parallel_tiles(winograd_tiles(args.batch, args.height, args.width), args.threads,
-                 [&args](int64_t begin, int64_t end) { input_tiles(args, begin, end); });
+  input_tiles(args);
 }
 
 void winograd_output_transform(const WinogradOutputArgs& args) {
-  parallel_tiles(winograd_tiles(args.batch, args.height, args.width), args.threads,
-                 [&args](int64_t begin, int64_t end) { output_tiles(args, begin, end); });
+  output_tiles(args);
 }
 
 }  // namespace glam_fast

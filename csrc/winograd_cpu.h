@@ -21,7 +21,6 @@ struct WinogradInputArgs {
   const float* x;
   float* v;
   int64_t batch, height, width, channels, block_stride;
-  int threads;
 };
 void winograd_input_transform(const WinogradInputArgs& args);
 
@@ -32,7 +31,6 @@ struct WinogradOutputArgs {
   const float* bias;
   float* y;
   int64_t batch, height, width, channels;
-  int threads;
 };
 void winograd_output_transform(const WinogradOutputArgs& args);
 

@@ -449,10 +449,11 @@ def prepare(
         raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
     if not isinstance(model, AFCN) and use_winograd is not None:
         raise ValueError(f"use_winograd applies to AFCN only, not to {type(model).__name__}")
-    if use_winograd and not (use_onednn and winograd.native_available()):
+    winograd_built = winograd.native_available()
+    if use_winograd and not (use_onednn and winograd_built):
         raise RuntimeError(
             "prepare(use_winograd=True) needs the oneDNN path (float32 on the CPU) and glam_fast's native extension "
-            f"(oneDNN in use: {use_onednn}; extension: {'built' if winograd.native_available() else 'not built'})"
+            f"(oneDNN in use: {use_onednn}; extension: {'built' if winograd_built else 'not built'})"
         )
     micro_batch = _batch_size_option("micro_batch", micro_batch, next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls)))
     head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
@@ -461,6 +462,6 @@ def prepare(
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:
-        use_winograd = use_onednn and winograd.native_available() if use_winograd is None else use_winograd
+        use_winograd = use_onednn and winograd_built if use_winograd is None else use_winograd
         prepared = InferenceAFCN(model, channels_last, use_onednn, micro_batch, use_winograd)
     return prepared.eval()

@@ -44,6 +44,7 @@ def info() -> dict:
     layers can run as Winograd convolutions (oneDNN and the native extension).
     """
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cpu_onednn = onednn.available(torch.device("cpu"), torch.float32)
     return {
         "glam_fast": __version__,
         "python": platform.python_version(),
@@ -55,8 +56,8 @@ def info() -> dict:
         "extension": _extension.build_info(),
         "backends": {dev: dispatch.backend_status(dev) for dev in device_types},
         "ops": {name: dispatch.registered_ops(name) for name in ("triton", "cuda")},
-        "cpu_inference_onednn": onednn.available(torch.device("cpu"), torch.float32),
-        "cpu_inference_winograd": onednn.available(torch.device("cpu"), torch.float32) and winograd.native_available(),
+        "cpu_inference_onednn": cpu_onednn,
+        "cpu_inference_winograd": cpu_onednn and winograd.native_available(),
     }
 
 

@@ -51,11 +51,10 @@ MIN_TILES = 24
 # against 10-14.
 BMM_MAX_TILES = 96
 
-# Threads of the native transforms. One: each oneDNN GEMM before a transform leaves PyTorch's
-# OpenMP workers spin-waiting on their cores, and a second transform thread shares a core with
-# one of them. Measured in AFCN at batch 32 on 2 cores: 11.6 ms of transforms per forward with
-# one thread, 15-16 ms with two.
-TRANSFORM_THREADS = 1
+# The native transforms run on the calling thread alone: each oneDNN GEMM before a transform
+# leaves PyTorch's OpenMP workers spin-waiting on their cores, and a second transform thread
+# shared a core with one of them. Measured in AFCN at batch 32 on 2 cores: 11.6 ms of transforms
+# per forward on one thread, 15-16 ms on two.
 
 
 def _matrix(rows, dtype: torch.dtype, device) -> torch.Tensor:
@@ -123,7 +122,7 @@ def input_transform(x_nhwc: torch.Tensor) -> torch.Tensor:
     """Native ``B^T d B``: x (B, H, W, C) contiguous -> (36, tiles, C)."""
     batch, height, width, channels = x_nhwc.shape
     v = empty_output((POSITIONS, tiles(batch, height, width), channels), dtype=x_nhwc.dtype, device=x_nhwc.device)
-    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v), TRANSFORM_THREADS)
+    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v))
     return v
 
 
@@ -132,7 +131,7 @@ def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, wid
     n_tiles, channels = m[0].shape
     batch = n_tiles // tiles(1, height, width)
     y = empty_output((batch, height, width, channels), dtype=m[0].dtype, device=m[0].device)
-    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y), TRANSFORM_THREADS)
+    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y))
     return y
 
 

@@ -122,17 +122,17 @@ def test_bad_arguments_are_named():
     native = winograd._native()
     x = torch.randn(1, 4, 4, 20)
     with pytest.raises(ValueError, match="channels; the transforms need a multiple of 16"):
-        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 1, 20)), 1)
+        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 1, 20)))
     x = torch.randn(1, 4, 4, 16)
     with pytest.raises(ValueError, match=r"v must have shape \(36, tiles, C\)"):
-        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 2, 16)), 1)
+        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 2, 16)))
     with pytest.raises(TypeError, match="x must be float32"):
-        native.winograd_input_transform(winograd._descriptor(x.double()), winograd._descriptor(torch.empty(36, 1, 16)), 1)
+        native.winograd_input_transform(winograd._descriptor(x.double()), winograd._descriptor(torch.empty(36, 1, 16)))
     with pytest.raises(ValueError, match="x must be contiguous"):
-        native.winograd_input_transform(winograd._descriptor(x.transpose(1, 2)), winograd._descriptor(torch.empty(36, 1, 16)), 1)
+        native.winograd_input_transform(winograd._descriptor(x.transpose(1, 2)), winograd._descriptor(torch.empty(36, 1, 16)))
     m = [torch.empty(1, 16)] * 35
     with pytest.raises(ValueError, match="m must hold the 36 GEMM outputs, got 35"):
-        native.winograd_output_transform([winograd._descriptor(t) for t in m], winograd._descriptor(torch.zeros(16)), winograd._descriptor(x), 1)
+        native.winograd_output_transform([winograd._descriptor(t) for t in m], winograd._descriptor(torch.zeros(16)), winograd._descriptor(x))
     with pytest.raises(ValueError, match="needs a 3x3 weight with C_in and C_out multiples of 16"):
         winograd.WinogradConvReLU(torch.randn(16, 8, 3, 3), torch.randn(16))
     assert not winograd.supported(torch.randn(16, 16, 3, 3), stride=2, padding=1)
