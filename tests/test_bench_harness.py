@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from bench import gpu, registry, report, summary
 from bench.registry import Variant
 from glam_fast import dispatch
+from tests.helpers import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,7 @@ OK_KEYS = {"median_ms", "p20_ms", "p80_ms", "run_medians_ms", "spread_pct", "ite
 
 
 def _env_without_interpreter() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    return child_env("TRITON_INTERPRET")
 
 
 def _load_single_json(folder: Path) -> dict:

@@ -18,6 +18,7 @@ from glam_fast.scoring import pipeline
 from glam_fast.scoring.output import read_rows
 import dataclasses
 
+from tests.helpers import child_env
 from tests.score_helpers import CLASSES, TINY_GLAM, make_audio_folder, make_checkpoint, write_tone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def test_killed_runs_resume_to_the_same_rows(tmp_path, ckpt):
     out = tmp_path / "resumed.csv"
     command = [sys.executable, "-m", "glam_fast", "score", str(tmp_path / "in"), "-o", str(out), "--checkpoint", ckpt,
                "--batch-size", "4", "--workers", "1", "--flush-rows", "3", "--resume"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
 
     def lines() -> int:
         return out.read_bytes().count(b"\n") if out.exists() else 0
