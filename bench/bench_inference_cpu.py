@@ -20,7 +20,7 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
   implementation that runs these convolutions can take less time, so eager / this is the highest
   ratio to eager within reach of these convolution algorithms on the machine (the rest of the
   forward, e.g. pooling, counts against it);
-- AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (conv3-5 as direct oneDNN
+- AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (conv2-5 as direct oneDNN
   convolutions, not Winograd);
 - GLAM: ``prepared-head-whole`` (the gMLP head on the whole micro-batch instead of chunks of 8);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with

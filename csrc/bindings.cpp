@@ -295,33 +295,45 @@ std::vector<int64_t> winograd_map(const Checker& check, const TensorRef& t) {
   return t.shape;
 }
 
-void winograd_input_transform(py::handle x_obj, py::handle v_obj) {
+int64_t winograd_kernel(const Checker& check, int64_t kernel_size) {
+  if (!glam_fast::winograd_kernel_supported(kernel_size)) {
+    check.value_error("kernel_size must be 3 or 5, got " + std::to_string(kernel_size));
+  }
+  return kernel_size;
+}
+
+void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel_size) {
   const Checker check("winograd_input_transform", Where::kHost);
+  const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
   const std::vector<int64_t> dims = winograd_map(check, x);
   const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
   check.dtype(v, "float32");
   const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
-  check.shape(v, {36, tiles, channels}, "(36, tiles, C)");
-  check.contiguous(v, "(36, tiles, C)");
+  check.shape(v, {positions, tiles, channels}, "(P, tiles, C)");
+  check.contiguous(v, "(P, tiles, C)");
   const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), batch, height,
-                                          width, channels, tiles * channels};
+                                          width, channels, tiles * channels, kernel_size};
   py::gil_scoped_release release;
   glam_fast::winograd_input_transform(args);
 }
 
-void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj) {
+void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int64_t kernel_size) {
   const Checker check("winograd_output_transform", Where::kHost);
+  const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
   const std::vector<int64_t> dims = winograd_map(check, y);
   const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
   check.dtype(bias, "float32");
   check.shape(bias, {channels}, "(C,)");
   check.contiguous(bias, "(C,)");
-  if (m_objs.size() != 36) check.value_error("m must hold the 36 GEMM outputs, got " + std::to_string(m_objs.size()));
+  if (static_cast<int64_t>(m_objs.size()) != positions) {
+    check.value_error("m must hold the " + std::to_string(positions) + " GEMM outputs of a " + std::to_string(kernel_size) + "x" +
+                      std::to_string(kernel_size) + " kernel, got " + std::to_string(m_objs.size()));
+  }
   const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
-  std::vector<const float*> m(36);
-  for (size_t k = 0; k < 36; ++k) {
+  std::vector<const float*> m(positions);
+  for (int64_t k = 0; k < positions; ++k) {
     const std::string name = "m[" + std::to_string(k) + "]";
     const TensorRef t = check.tensor(m_objs[k], name.c_str());
     check.dtype(t, "float32");
@@ -330,7 +342,7 @@ void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle
     m[k] = reinterpret_cast<const float*>(t.ptr);
   }
   const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
-                                           batch, height, width, channels};
+                                           batch, height, width, channels, kernel_size};
   py::gil_scoped_release release;
   glam_fast::winograd_output_transform(args);
 }
@@ -359,11 +371,11 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "squeeze_excite_param_count", [](int filters, int n_mfcc) { return glam_fast::SqueezeExciteLayout(filters, n_mfcc).total; },
       py::arg("filters"), py::arg("n_mfcc"), "Floats of one direction's packed squeeze-excite parameters.");
-  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"),
-        "Winograd F(4x4, 3x3) input transform on the CPU: x (B, H, W, C) NHWC float32 (padding 1 implied) -> "
-        "v (36, tiles, C), tiles = B * ceil(H/4) * ceil(W/4).");
-  m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"),
-        "Winograd F(4x4, 3x3) output transform on the CPU: the 36 (tiles, C) GEMM outputs m -> "
+  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"), py::arg("kernel_size"),
+        "Winograd F(4x4, k x k) input transform on the CPU, k = kernel_size (3 or 5): x (B, H, W, C) NHWC float32 "
+        "(padding (k - 1) / 2 implied) -> v (P, tiles, C), P = (k + 3)^2, tiles = B * ceil(H/4) * ceil(W/4).");
+  m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"),
+        "Winograd F(4x4, k x k) output transform on the CPU: the P (tiles, C) GEMM outputs m -> "
         "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
 #ifdef GLAM_FAST_WITH_CUDA
   m.def(

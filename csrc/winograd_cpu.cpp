@@ -1,8 +1,8 @@
-// Winograd F(4x4, 3x3) input and output transforms on the CPU (see winograd_cpu.h). Memory-bound
-// loops over tiles, vectorised over 16 channels with GCC vector types; built for AVX-512, AVX2
-// and baseline x86-64, chosen at load time (target_clones). Single-threaded: run between oneDNN
-// calls, a second thread shared a core with PyTorch's spin-waiting OpenMP workers and was slower
-// (glam_fast/winograd.py).
+// Winograd F(4x4, 3x3) and F(4x4, 5x5) input and output transforms on the CPU (see
+// winograd_cpu.h). Memory-bound loops over tiles, vectorised over 16 channels with GCC vector
+// types; built for AVX-512, AVX2 and baseline x86-64, chosen at load time (target_clones).
+// Single-threaded: run between oneDNN calls, a second thread shared a core with PyTorch's
+// spin-waiting OpenMP workers and was slower (glam_fast/winograd.py).
 #include "winograd_cpu.h"
 
 #include <algorithm>
@@ -30,25 +30,49 @@ GLAM_FAST_ALWAYS_INLINE Vec load(const float* p) {
 }
 GLAM_FAST_ALWAYS_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
-// B^T d for one column of a 6x6 tile (d[0..5] the rows), into out[0..5] with stride `step`.
-#define WINOGRAD_BT(d, out, step)                              \
-  do {                                                         \
-    (out)[0 * (step)] = 4.f * (d)[0] - 5.f * (d)[2] + (d)[4];  \
-    (out)[1 * (step)] = -4.f * ((d)[1] + (d)[2]) + (d)[3] + (d)[4]; \
-    (out)[2 * (step)] = 4.f * ((d)[1] - (d)[2]) - (d)[3] + (d)[4];  \
-    (out)[3 * (step)] = 2.f * ((d)[3] - (d)[1]) - (d)[2] + (d)[4];  \
-    (out)[4 * (step)] = 2.f * ((d)[1] - (d)[3]) - (d)[2] + (d)[4];  \
-    (out)[5 * (step)] = 4.f * (d)[1] - 5.f * (d)[3] + (d)[5];  \
-  } while (0)
+// The transform matrices for interpolation points 0, +-1, +-2 (and +-1/2 for 5x5) and infinity,
+// as glam_fast.winograd constructs them (Toom-Cook; every coefficient exact in float).
+template <int Kernel>
+struct Matrices;
+template <>
+struct Matrices<3> {
+  static constexpr int kTile = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+template <>
+struct Matrices<5> {
+  static constexpr int kTile = 8;
+  static constexpr float BT[8][8] = {
+      {-1, 0, 5.25f, 0, -5.25f, 0, 1, 0},         {0, 1, 1, -4.25f, -4.25f, 1, 1, 0},
+      {0, -1, 1, 4.25f, -4.25f, -1, 1, 0},        {0, 0.5f, 0.25f, -2.5f, -1.25f, 2, 1, 0},
+      {0, -0.5f, 0.25f, 2.5f, -1.25f, -2, 1, 0},  {0, 2, 4, -2.5f, -5, 0.5f, 1, 0},
+      {0, -2, 4, 2.5f, -5, -0.5f, 1, 0},          {0, -1, 0, 5.25f, 0, -5.25f, 0, 1}};
+  static constexpr float AT[4][8] = {
+      {1, 1, 1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0.5f, -0.5f, 0}, {0, 1, 1, 4, 4, 0.25f, 0.25f, 0}, {0, 1, -1, 8, -8, 0.125f, -0.125f, 1}};
+};
 
-// A^T m for one column of 6 values (m[0..5]), into out[0..3] with stride `step`.
-#define WINOGRAD_AT(m, out, step)                                        \
-  do {                                                                   \
-    (out)[0 * (step)] = (m)[0] + (m)[1] + (m)[2] + (m)[3] + (m)[4];      \
-    (out)[1 * (step)] = (m)[1] - (m)[2] + 2.f * ((m)[3] - (m)[4]);       \
-    (out)[2 * (step)] = (m)[1] + (m)[2] + 4.f * ((m)[3] + (m)[4]);       \
-    (out)[3 * (step)] = (m)[1] - (m)[2] + 8.f * ((m)[3] - (m)[4]) + (m)[5]; \
-  } while (0)
+// out[i * step] = sum_k M[i][k] in[k]. Unrolled with constant indices, so the zero coefficients
+// are skipped at compile time and the +-1 ones need no multiplication.
+template <int Rows, int Cols>
+GLAM_FAST_ALWAYS_INLINE void apply(const float (&M)[Rows][Cols], const Vec* in, Vec* out, int step) {
+#pragma GCC unroll 8
+  for (int i = 0; i < Rows; ++i) {
+    Vec acc = {};
+#pragma GCC unroll 8
+    for (int k = 0; k < Cols; ++k) {
+      if (M[i][k] == 1.f) {
+        acc += in[k];
+      } else if (M[i][k] == -1.f) {
+        acc -= in[k];
+      } else if (M[i][k] != 0.f) {
+        acc += M[i][k] * in[k];
+      }
+    }
+    out[i * step] = acc;
+  }
+}
 
 // Where tile t of a (B, H, W) map lies: item b, tile row i, tile column j (outputs 4i.., 4j..).
 struct TileIndex {
@@ -59,55 +83,59 @@ struct TileIndex {
   }
 };
 
-GLAM_FAST_CPU_CLONES
-void input_tiles(const WinogradInputArgs a) {
+template <int Kernel>
+GLAM_FAST_ALWAYS_INLINE void input_tiles(const WinogradInputArgs& a) {
+  using M = Matrices<Kernel>;
+  constexpr int A = M::kTile, pad = (Kernel - 1) / 2;
   const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
   const Vec zero = {};
   for (int64_t t = 0; t < tiles; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
-    const float* rows[6];  // input row of each tile row, nullptr in the zero padding
-    bool column_in[6];
-    for (int r = 0; r < 6; ++r) {
-      const int64_t y = 4 * i - 1 + r;
+    const float* rows[A];  // input row of each tile row, nullptr in the zero padding
+    bool column_in[A];
+    for (int r = 0; r < A; ++r) {
+      const int64_t y = 4 * i - pad + r;
       rows[r] = (y >= 0 && y < a.height) ? a.x + (b * a.height + y) * a.width * C : nullptr;
     }
-    for (int s = 0; s < 6; ++s) column_in[s] = 4 * j - 1 + s >= 0 && 4 * j - 1 + s < a.width;
+    for (int s = 0; s < A; ++s) column_in[s] = 4 * j - pad + s >= 0 && 4 * j - pad + s < a.width;
     for (int64_t c = 0; c < C; c += kWinogradChannelStep) {
-      Vec u[6][6];  // u = B^T d (rows transformed), u[row][column]
-      for (int s = 0; s < 6; ++s) {
-        Vec d[6];
-        for (int r = 0; r < 6; ++r) d[r] = (rows[r] && column_in[s]) ? load(rows[r] + (4 * j - 1 + s) * C + c) : zero;
-        WINOGRAD_BT(d, &u[0][s], 6);
+      Vec u[A][A];  // u = B^T d (rows transformed), u[row][column]
+      for (int s = 0; s < A; ++s) {
+        Vec d[A];
+        for (int r = 0; r < A; ++r) d[r] = (rows[r] && column_in[s]) ? load(rows[r] + (4 * j - pad + s) * C + c) : zero;
+        apply(M::BT, d, &u[0][s], A);
       }
-      for (int r = 0; r < 6; ++r) {  // v = u B, position k = 6 r + s
-        Vec v[6];
-        WINOGRAD_BT(u[r], v, 1);
-        float* out = a.v + 6 * r * a.block_stride + t * C + c;
-        for (int s = 0; s < 6; ++s) store(out + s * a.block_stride, v[s]);
+      for (int r = 0; r < A; ++r) {  // v = u B, position k = A r + s
+        Vec v[A];
+        apply(M::BT, u[r], v, 1);
+        float* out = a.v + A * r * a.block_stride + t * C + c;
+        for (int s = 0; s < A; ++s) store(out + s * a.block_stride, v[s]);
       }
     }
   }
 }
 
-GLAM_FAST_CPU_CLONES
-void output_tiles(const WinogradOutputArgs a) {
+template <int Kernel>
+GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a) {
+  using M = Matrices<Kernel>;
+  constexpr int A = M::kTile;
   const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
   const Vec zero = {};
   for (int64_t t = 0; t < tiles; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const int64_t rows_out = std::min<int64_t>(4, a.height - 4 * i), columns_out = std::min<int64_t>(4, a.width - 4 * j);
     for (int64_t c = 0; c < C; c += kWinogradChannelStep) {
-      Vec p[6][4];  // p = m A, p[row][output column]
-      for (int r = 0; r < 6; ++r) {
-        Vec m[6];
-        for (int s = 0; s < 6; ++s) m[s] = load(a.m[6 * r + s] + t * C + c);
-        WINOGRAD_AT(m, p[r], 1);
+      Vec p[A][4];  // p = m A, p[row][output column]
+      for (int r = 0; r < A; ++r) {
+        Vec m[A];
+        for (int s = 0; s < A; ++s) m[s] = load(a.m[A * r + s] + t * C + c);
+        apply(M::AT, m, p[r], 1);
       }
       const Vec bias = load(a.bias + c);
       for (int s = 0; s < columns_out; ++s) {
-        Vec column[6], y[4];
-        for (int r = 0; r < 6; ++r) column[r] = p[r][s];
-        WINOGRAD_AT(column, y, 1);
+        Vec column[A], y[4];
+        for (int r = 0; r < A; ++r) column[r] = p[r][s];
+        apply(M::AT, column, y, 1);
         for (int r = 0; r < rows_out; ++r) {
           const Vec value = y[r] + bias;
           store(a.y + ((b * a.height + 4 * i + r) * a.width + 4 * j + s) * C + c, value > zero ? value : zero);
@@ -117,14 +145,33 @@ void output_tiles(const WinogradOutputArgs a) {
   }
 }
 
+// One clone set per entry point (target_clones on templates is not portable across GCC versions).
+GLAM_FAST_CPU_CLONES
+void input_tiles_dispatch(const WinogradInputArgs a) {
+  if (a.kernel_size == 3) {
+    input_tiles<3>(a);
+  } else {
+    input_tiles<5>(a);
+  }
+}
+
+GLAM_FAST_CPU_CLONES
+void output_tiles_dispatch(const WinogradOutputArgs a) {
+  if (a.kernel_size == 3) {
+    output_tiles<3>(a);
+  } else {
+    output_tiles<5>(a);
+  }
+}
+
 }  // namespace
 
 void winograd_input_transform(const WinogradInputArgs& args) {
-  input_tiles(args);
+  input_tiles_dispatch(args);
 }
 
 void winograd_output_transform(const WinogradOutputArgs& args) {
-  output_tiles(args);
+  output_tiles_dispatch(args);
 }
 
 }  // namespace glam_fast

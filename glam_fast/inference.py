@@ -18,8 +18,9 @@ module that computes the same logits with less work:
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
-- AFCN: conv3-5 (3x3, 192-384 channels) as Winograd F(4x4, 3x3) convolutions from a few items
-  per call up (:mod:`glam_fast.winograd`: 2.25 multiplications per output instead of 9); the
+- AFCN: conv2 (5x5, 64 -> 192) as a Winograd F(4x4, 5x5) convolution (4 multiplications per
+  output instead of 25) and conv3-5 (3x3, 192-384 channels) as Winograd F(4x4, 3x3) ones from a
+  few items per call up (2.25 instead of 9; :mod:`glam_fast.winograd`); the
   per-layer masking beyond each item's length skipped for batches with no padding; the attention
   reads the trunk's channels-last map as it is, its tanh fused into the projection.
 
@@ -318,8 +319,8 @@ class InferenceMSSENet(nn.Module):
 
 
 class InferenceAFCN(nn.Module):
-    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU (the 3x3
-    layers as Winograd convolutions when ``use_winograd``), a channels-last trunk, masking only
+    """AFCN for inference: (B, 3, F, T) [+ lengths] -> (B, K); fused convolution + ReLU (the 5x5
+    and 3x3 layers as Winograd convolutions when ``use_winograd``), a channels-last trunk, masking only
     where padded, the attention's projection + tanh one call."""
 
     def __init__(self, model: AFCN, channels_last: bool, onednn: bool, micro_batch: int | None, use_winograd: bool):
@@ -389,9 +390,12 @@ class InferenceAFCN(nn.Module):
 # Items per micro-batch by default, from interleaved measurements on a 2-core CPU (the
 # prepared-whole-batch variants of bench/bench_inference_cpu.py): GLAM batch 256 ran 1.8-1.9x
 # eager in micro-batches of 32 against 1.3-1.5x whole (cpu-inference-run4-quiet.json); MS-SENet
-# (T = 188) ran 1.3-1.6x faster in micro-batches of 2 than whole at batch 32 and 256, AFCN
-# (257 x 201) 1.16x faster in micro-batches of 32 at batch 256 (cpu-inference-run6-quiet.json).
-AUTO_MICRO_BATCH = {GLAM: 32, MSSENet: 2, AFCN: 32}
+# (T = 188) ran 1.3-1.6x faster in micro-batches of 2 than whole at batch 32 and 256. AFCN
+# (257 x 300, conv2-5 as Winograd layers; in-process, alternating): micro-batches of 8 / 16 / 32
+# ran 1.90 / 2.01 / 1.64x eager at batch 32, 1.86 / 1.97 / 1.45x at 64, 2.05 / 2.18 / 1.97x at
+# 256. At 32 items several buffers pass 32 MB (conv1's output, conv2's transformed input), which
+# glibc's malloc maps and unmaps on every call: the page faults cost more than the larger GEMMs save.
+AUTO_MICRO_BATCH = {GLAM: 32, MSSENet: 2, AFCN: 16}
 
 
 def _batch_size_option(name: str, value, auto: int) -> int | None:
@@ -424,7 +428,7 @@ def prepare(
             activations stay in the CPU cache; batches up to this size run as they are. None:
             the whole batch at once. "auto": the measured default of the model (GLAM 32
             segments; MS-SENet 2 utterances, whose front end writes a (2·39, T, 117) map per
-            utterance; AFCN 32 windows).
+            utterance; AFCN 16 windows).
         onednn: Run the 2-D convolutions (and GLAM's gMLP projections) as oneDNN calls
             with pre-packed weights and fused ReLU / GELU / residual (:mod:`glam_fast.onednn`).
             None: wherever possible (float32 on the CPU, PyTorch built with oneDNN); True: required
@@ -432,11 +436,11 @@ def prepare(
         head_micro_batch: GLAM only. Segments per call of the gMLP head within each micro-batch
             (its (n, 128, 364) activations then stay in the L2 cache); None: the whole
             micro-batch; "auto": :data:`GLAM_HEAD_MICRO_BATCH`.
-        use_winograd: AFCN only. Run conv3-5 as Winograd F(4x4, 3x3) convolutions
-            (:mod:`glam_fast.winograd`) for calls of at least :data:`glam_fast.winograd.MIN_TILES`
-            tiles (batch 2 and up at 257 x 201 input). None: wherever possible (oneDNN in use and
-            the native extension built); True: required (raises otherwise); False: direct
-            convolutions only.
+        use_winograd: AFCN only. Run conv2 as a Winograd F(4x4, 5x5) convolution and conv3-5 as
+            Winograd F(4x4, 3x3) ones (:mod:`glam_fast.winograd`) for calls of at least
+            :data:`glam_fast.winograd.MIN_TILES` tiles (conv2 always; conv3-5 from batch 2 at
+            257 x 201 or 257 x 300 input). None: wherever possible (oneDNN in use and the native
+            extension built); True: required (raises otherwise); False: direct convolutions only.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).

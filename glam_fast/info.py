@@ -91,7 +91,7 @@ def format_info(report: dict) -> str:
                 detail = "" if ops is None else f" (ops: {', '.join(ops) if ops else 'none yet'})"
                 lines.append(f"  {name}: available{detail}")
     if report["cpu_inference_onednn"]:
-        winograd_note = "; AFCN's 3x3 layers as Winograd F(4x4, 3x3)" if report.get("cpu_inference_winograd") else ""
+        winograd_note = "; AFCN's 5x5 and 3x3 layers as Winograd F(4x4, 5x5) / F(4x4, 3x3)" if report.get("cpu_inference_winograd") else ""
         lines.append(f"CPU inference forms: fused oneDNN calls with packed weights{winograd_note}")
     else:
         lines.append("CPU inference forms: plain PyTorch ops (this PyTorch build has no oneDNN)")

@@ -1,28 +1,36 @@
-"""Winograd F(4x4, 3x3) convolution + bias + ReLU for CPU inference (AFCN's conv3-5).
+"""Winograd F(4x4, 3x3) and F(4x4, 5x5) convolution + bias + ReLU for CPU inference (AFCN's
+conv2-5).
 
-A 3x3 convolution (stride 1, padding 1) computed on 6x6 input tiles that overlap by 2, each
-giving a 4x4 output tile (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
-2016): ``Y = A^T [ (G g G^T) * (B^T d B) ] A``. The elementwise product over the 36 positions of
-the transformed tile, summed over input channels, is 36 GEMMs of (tiles, C_in) x (C_in, C_out):
-2.25 multiplications per output instead of 9. The 4x fewer multiplications cost two memory-bound
-transforms and weights 4x larger (36 / 9), which pay off once there are enough tiles per GEMM:
+A k x k convolution (k = 3 or 5, stride 1, padding (k - 1) / 2) computed on (k + 3)-square input
+tiles that overlap by k - 1, each giving a 4x4 output tile (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016): ``Y = A^T [ (G g G^T) * (B^T d B) ] A``. The elementwise
+product over the P = (k + 3)^2 positions of the transformed tile, summed over input channels, is P
+GEMMs of (tiles, C_in) x (C_in, C_out): 36 / 16 = 2.25 multiplications per output instead of 9
+for 3x3 kernels, 64 / 16 = 4 instead of 25 for 5x5. The fewer multiplications cost two
+memory-bound transforms and weights P / k^2 times larger (4x, 2.6x), which pay off once there are
+enough tiles per GEMM:
 
 - input transform ``v = B^T d B``: native (``glam_fast._C.winograd_input_transform``);
-- the 36 GEMMs: one ``torch.bmm`` up to :data:`BMM_MAX_TILES` tiles, above it 36 oneDNN
+- the P GEMMs: one ``torch.bmm`` up to :data:`BMM_MAX_TILES` tiles, above it P oneDNN
   ``_linear_pointwise`` calls with the transformed weights packed once;
 - output transform ``relu(A^T m A + bias)``: native (``glam_fast._C.winograd_output_transform``).
 
-Numerics: the transforms' coefficients (up to 8 and 1/24) cost precision; in float32 the
-relative error against a float64 convolution is ~2e-6 (direct: ~2e-7), within fp32 tolerance.
+Numerics: the transforms' coefficients cost precision; in float32 the relative error against a
+float64 convolution is ~2e-6 for 3x3 and ~3e-6 for 5x5 kernels (direct: ~3e-7), within fp32
+tolerance.
 
 Shapes: x (B, C_in, H, W) channels-last -> (B, C_out, H, W) channels-last; C_in and C_out
 multiples of 16 (:func:`supported`). :class:`WinogradConvReLU` runs the direct oneDNN
 convolution below :data:`MIN_TILES` tiles, where the GEMMs are too small to win.
-:func:`winograd_conv3x3_relu_reference` is the same algorithm in PyTorch ops (float64 or float32),
+:func:`winograd_conv_relu_reference` is the same algorithm in PyTorch ops (float64 or float32),
 the reference the native transforms are tested against.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -32,24 +40,30 @@ from glam_fast import _extension
 from glam_fast import onednn as onednn_ops
 from glam_fast.ops.utils import empty_output
 
-# F(4x4, 3x3) with interpolation points 0, +-1, +-2 and infinity (Lavin & Gray, 2016).
-_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
-_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-POSITIONS = 36  # 6 x 6 transformed tile
+# Interpolation points besides infinity, per kernel size: Lavin & Gray's for F(4x4, 3x3), the same
+# plus +-1/2 for F(4x4, 5x5). Measured in float32 against float64 for AFCN's conv2 (5x5, 64 ->
+# 192): 3.1e-6 relative error with these points, 2.6e-5 with -3 in place of -1/2.
+POINTS = {3: (0, 1, -1, 2, -2), 5: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
+KERNEL_SIZES = tuple(POINTS)
+OUTPUT_TILE = 4  # every form computes 4x4 output tiles
 CHANNEL_STEP = 16  # the native transforms run 16 channels per vector step
 
-# Fewest tiles (B * ceil(H/4) * ceil(W/4)) per call for the Winograd path; below it the direct
-# convolution. Measured on 2 cores (AVX-512) for AFCN's conv3-5 on a 15 x 11 map (12 tiles per
-# item): at batch 1 Winograd took 5.9 ms against 3.5 direct (the 4x larger transformed weights
-# are streamed for 12-row GEMMs), at batch 2 5.3 against 6.1, at batch 8 14.2 against 23.5.
-MIN_TILES = 24
+# Fewest tiles (B * ceil(H/4) * ceil(W/4)) per call for the Winograd path, per kernel size; below
+# it the direct convolution. Measured on 2 cores (AVX-512): for AFCN's conv3-5 on a 15 x 11 map
+# (12 tiles per item) at batch 1 Winograd took 5.9 ms against 3.5 direct (the 4x larger
+# transformed weights are streamed for 12-row GEMMs), at batch 2 5.3 against 6.1, at batch 8
+# 14.2 against 23.5. For a 5x5 layer (AFCN's conv2, 64 -> 192) every size measured was faster
+# than the direct convolution, down to 6 tiles (7 x 9 map) and 20 tiles (15 x 17: 0.40 against
+# 0.63 ms); at batch 1 of the 31 x 36 map (72 tiles) 1.9 against 3.3 ms.
+MIN_TILES = {3: 24, 5: 1}
 
-# Most tiles for which the 36 GEMMs run as one batched matmul (torch.bmm); above, 36 oneDNN calls
-# with packed weights. Measured for AFCN's conv3-5 (36 positions): at 12 tiles bmm took 0.45-0.68
-# ms per layer against 0.93-1.08 for the oneDNN calls, at 96 tiles level, at 384 tiles 11-16 ms
-# against 10-14.
-BMM_MAX_TILES = 96
+# Most tiles for which the GEMMs run as one batched matmul (torch.bmm), per kernel size; above,
+# one oneDNN call per position with packed weights. Measured for AFCN's conv3-5 (36 positions,
+# K = 192-384): at 12 tiles bmm took 0.45-0.68 ms per layer against 0.93-1.08 for the oneDNN
+# calls, at 96 tiles level, at 384 tiles 11-16 ms against 10-14. For its conv2 (64 positions,
+# K = 64): 72 / 288 / 576 tiles 1.9 / 8.3 / 14.1 ms against 4.5 / 10.0 / 15.1, but 864 / 2304
+# tiles 36.6 / 105 ms against 16.9 / 51.
+BMM_MAX_TILES = {3: 96, 5: 576}
 
 # The native transforms run on the calling thread alone: each oneDNN GEMM before a transform
 # leaves PyTorch's OpenMP workers spin-waiting on their cores, and a second transform thread
@@ -57,8 +71,36 @@ BMM_MAX_TILES = 96
 # per forward on one thread, 15-16 ms on two.
 
 
+@functools.cache
+def toom_cook(kernel_size: int) -> tuple[tuple, tuple, tuple]:
+    """Exact (A^T, G, B^T) of F(4x4, k x k) from :data:`POINTS` (Toom-Cook, one point at infinity):
+    A^T (4, a), G (a, k), B^T (a, a) as nested tuples of Fractions, a = k + 3."""
+    points = [Fraction(p) for p in POINTS[kernel_size]]
+    tile = OUTPUT_TILE + kernel_size - 1
+    at = tuple(tuple(p**i for p in points) + (Fraction(int(i == OUTPUT_TILE - 1)),) for i in range(OUTPUT_TILE))
+    scale = [math.prod(p - q for q in points if q != p) for p in points]
+    g = tuple(tuple(p**k / f for k in range(kernel_size)) for p, f in zip(points, scale))
+    g += (tuple(Fraction(int(k == kernel_size - 1)) for k in range(kernel_size)),)
+
+    def product_except(skip) -> list[Fraction]:  # coefficients (low to high) of prod (x - q), q != skip
+        poly = [Fraction(1)]
+        for q in points:
+            if q != skip:
+                poly = [a - q * b for a, b in zip([Fraction(0), *poly], [*poly, Fraction(0)])]
+        return poly
+
+    bt = tuple(tuple(product_except(p) + [Fraction(0)]) for p in points) + (tuple(product_except(None)),)
+    assert len(bt) == len(bt[0]) == tile
+    return at, g, bt
+
+
+def positions(kernel_size: int) -> int:
+    """GEMMs per call: the positions of the (k + 3)-square transformed tile."""
+    return (kernel_size + OUTPUT_TILE - 1) ** 2
+
+
 def _matrix(rows, dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.tensor(rows, dtype=dtype, device=device)
+    return torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype, device=device)
 
 
 def tiles(batch: int, height: int, width: int) -> int:
@@ -67,12 +109,14 @@ def tiles(batch: int, height: int, width: int) -> int:
 
 
 def supported(weight: torch.Tensor, stride, padding, groups: int = 1) -> bool:
-    """Whether a convolution layer has the form this op computes: 3x3, stride 1, padding 1, no
-    groups, C_in and C_out multiples of 16."""
+    """Whether a convolution layer has a form this op computes: 3x3 with padding 1 or 5x5 with
+    padding 2, stride 1, no groups, C_in and C_out multiples of 16."""
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if weight.dim() != 4:
+        return False
     c_out, c_in, kh, kw = weight.shape
     return (
-        (kh, kw) == (3, 3) and pair(stride) == (1, 1) and pair(padding) == (1, 1) and groups == 1
+        kh == kw and kh in KERNEL_SIZES and pair(stride) == (1, 1) and pair(padding) == (kh // 2, kh // 2) and groups == 1
         and c_in % CHANNEL_STEP == 0 and c_out % CHANNEL_STEP == 0
     )
 
@@ -84,25 +128,30 @@ def native_available() -> bool:
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) -> (36, C_out, C_in): ``G g G^T`` per position (computed in float64)."""
-    g = _matrix(_G, torch.float64, weight.device)
+    """(C_out, C_in, k, k) -> (P, C_out, C_in): ``G g G^T`` per position (computed in float64)."""
+    g = _matrix(toom_cook(weight.shape[-1])[1], torch.float64, weight.device)
     u = torch.einsum("ar,ocrs,bs->aboc", g, weight.detach().double(), g)
-    return u.reshape(POSITIONS, *weight.shape[:2]).to(weight.dtype).contiguous()
+    return u.reshape(-1, *weight.shape[:2]).to(weight.dtype).contiguous()
 
 
-def winograd_conv3x3_relu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def winograd_conv_relu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same algorithm in PyTorch ops, in x's dtype: x (B, C_in, H, W) -> (B, C_out, H, W).
 
-    Equal to ``relu(conv2d(x, weight, bias, padding=1))`` up to rounding; tests check the native
-    transforms against it (same arithmetic) and it against the direct convolution (the algorithm).
+    Equal to ``relu(conv2d(x, weight, bias, padding=k // 2))`` up to rounding; tests check the
+    native transforms against it (same arithmetic) and it against the direct convolution (the
+    algorithm).
     """
     batch, _, height, width = x.shape
+    kernel_size = weight.shape[-1]
+    tile, pad = kernel_size + OUTPUT_TILE - 1, kernel_size // 2
     th, tw = (height + 3) // 4, (width + 3) // 4
     dt = x.dtype
-    bt, at = _matrix(_BT, dt, x.device), _matrix(_AT, dt, x.device)
-    patches = F.pad(x, (1, 4 * tw + 1 - width, 1, 4 * th + 1 - height)).unfold(2, 6, 4).unfold(3, 6, 4)  # (B, C, th, tw, 6, 6)
-    v = torch.einsum("ar,nctwrs,bs->abntwc", bt, patches, bt)  # (6, 6, B, th, tw, C_in)
-    u = transform_weight(weight.to(dt)).reshape(6, 6, *weight.shape[:2])  # (6, 6, C_out, C_in)
+    at_rows, _, bt_rows = toom_cook(kernel_size)
+    bt, at = _matrix(bt_rows, dt, x.device), _matrix(at_rows, dt, x.device)
+    padded = F.pad(x, (pad, 4 * tw + tile - 4 - pad - width, pad, 4 * th + tile - 4 - pad - height))
+    patches = padded.unfold(2, tile, 4).unfold(3, tile, 4)  # (B, C, th, tw, tile, tile)
+    v = torch.einsum("ar,nctwrs,bs->abntwc", bt, patches, bt)  # (tile, tile, B, th, tw, C_in)
+    u = transform_weight(weight.to(dt)).reshape(tile, tile, *weight.shape[:2])  # (tile, tile, C_out, C_in)
     m = torch.einsum("abntwc,aboc->abntwo", v, u)
     y = torch.einsum("ia,abntwo,jb->ntiwjo", at, m, at).reshape(batch, 4 * th, 4 * tw, -1)[:, :height, :width]
     return F.relu(y + bias.to(dt)).permute(0, 3, 1, 2)
@@ -118,41 +167,46 @@ def _native():
 _descriptor = _extension.tensor_descriptor
 
 
-def input_transform(x_nhwc: torch.Tensor) -> torch.Tensor:
-    """Native ``B^T d B``: x (B, H, W, C) contiguous -> (36, tiles, C)."""
+def input_transform(x_nhwc: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Native ``B^T d B`` for a k x k kernel: x (B, H, W, C) contiguous -> (P, tiles, C)."""
     batch, height, width, channels = x_nhwc.shape
-    v = empty_output((POSITIONS, tiles(batch, height, width), channels), dtype=x_nhwc.dtype, device=x_nhwc.device)
-    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v))
+    v = empty_output((positions(kernel_size), tiles(batch, height, width), channels), dtype=x_nhwc.dtype, device=x_nhwc.device)
+    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v), kernel_size)
     return v
 
 
-def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Native ``relu(A^T m A + bias)``: 36 (tiles, C) GEMM outputs -> (B, H, W, C) contiguous."""
+def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
+    """Native ``relu(A^T m A + bias)``: P (tiles, C) GEMM outputs -> (B, H, W, C) contiguous."""
     n_tiles, channels = m[0].shape
     batch = n_tiles // tiles(1, height, width)
     y = empty_output((batch, height, width, channels), dtype=m[0].dtype, device=m[0].device)
-    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y))
+    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y), kernel_size)
     return y
 
 
 class WinogradConvReLU(nn.Module):
-    """``relu(conv2d(x, weight, bias, padding=1))`` for a 3x3 layer (:func:`supported`): the
-    Winograd F(4x4, 3x3) path from :data:`MIN_TILES` tiles up, the direct oneDNN convolution below.
+    """``relu(conv2d(x, weight, bias, padding=k // 2))`` for a 3x3 or 5x5 layer (:func:`supported`):
+    the Winograd F(4x4, k x k) path from :data:`MIN_TILES` tiles up, the direct oneDNN
+    convolution below.
 
     x: (B, C_in, H, W) float32 on the CPU, any memory format -> (B, C_out, H, W) channels-last.
     Inference only: an input that requires grad (with grad mode on) runs the direct convolution's
     PyTorch ops.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, min_tiles: int = MIN_TILES):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, min_tiles: int | None = None):
         super().__init__()
-        if not supported(weight, 1, 1):
-            raise ValueError(f"WinogradConvReLU needs a 3x3 weight with C_in and C_out multiples of {CHANNEL_STEP}, got {tuple(weight.shape)}")
+        kernel_size = weight.shape[-1] if weight.dim() == 4 else 0
+        if not supported(weight, 1, kernel_size // 2):
+            raise ValueError(
+                f"WinogradConvReLU needs a 3x3 or 5x5 weight with C_in and C_out multiples of {CHANNEL_STEP}, got {tuple(weight.shape)}"
+            )
         _native()
-        self.direct = onednn_ops.ConvReLU(weight, bias, padding=1, onednn=True, channels_last=True)
-        # (36, C_in, C_out): the right-hand side of the batched GEMM
+        self.kernel_size = kernel_size
+        self.direct = onednn_ops.ConvReLU(weight, bias, padding=kernel_size // 2, onednn=True, channels_last=True)
+        # (P, C_in, C_out): the right-hand side of the batched GEMM
         self.weight_transformed = nn.Parameter(transform_weight(weight).transpose(1, 2).contiguous(), requires_grad=False)
-        self.min_tiles = min_tiles
+        self.min_tiles = MIN_TILES[kernel_size] if min_tiles is None else min_tiles
         self._packed: list[torch.Tensor] | None = None
 
     @property
@@ -174,14 +228,14 @@ class WinogradConvReLU(nn.Module):
             return self.direct(x)
         batch, _, height, width = x.shape
         n_tiles = tiles(batch, height, width)
-        v = input_transform(x.permute(0, 2, 3, 1).contiguous())  # (36, tiles, C_in)
-        if n_tiles <= BMM_MAX_TILES:
-            m = torch.bmm(v, self.weight_transformed).unbind(0)  # 36 x (tiles, C_out)
+        v = input_transform(x.permute(0, 2, 3, 1).contiguous(), self.kernel_size)  # (P, tiles, C_in)
+        if n_tiles <= BMM_MAX_TILES[self.kernel_size]:
+            m = torch.bmm(v, self.weight_transformed).unbind(0)  # P x (tiles, C_out)
         else:
             if self._packed is None:  # oneDNN's layout of each position's (C_out, C_in) weight
                 self._packed = [torch.ops.mkldnn._reorder_linear_weight(u.t().contiguous(), n_tiles) for u in self.weight_transformed]
-            m = [torch.ops.mkldnn._linear_pointwise(v[k], self._packed[k], None, "none", [], "") for k in range(POSITIONS)]
-        return output_transform(m, self.bias, height, width).permute(0, 3, 1, 2)
+            m = [torch.ops.mkldnn._linear_pointwise(v_k, packed, None, "none", [], "") for v_k, packed in zip(v, self._packed)]
+        return output_transform(m, self.bias, height, width, self.kernel_size).permute(0, 3, 1, 2)
 
     def _apply(self, fn, recurse=True):
         self._packed = None  # moving or casting invalidates the packed weights
@@ -194,4 +248,5 @@ class WinogradConvReLU(nn.Module):
 
     def extra_repr(self) -> str:
         c_in, c_out = self.weight_transformed.shape[1:]
-        return f"{c_in}, {c_out}, kernel_size=(3, 3), padding=(1, 1), min_tiles={self.min_tiles}"
+        k = self.kernel_size
+        return f"{c_in}, {c_out}, kernel_size=({k}, {k}), padding=({k // 2}, {k // 2}), min_tiles={self.min_tiles}"

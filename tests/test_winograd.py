@@ -1,11 +1,12 @@
-"""Winograd F(4x4, 3x3) convolution + bias + ReLU (glam_fast.winograd) against the direct
-convolution: the algorithm in PyTorch ops, the native transforms, the module's choice of path, and
+"""Winograd F(4x4, 3x3) and F(4x4, 5x5) convolution + bias + ReLU (glam_fast.winograd) against
+the direct convolution: the Toom-Cook matrices, the algorithm in PyTorch ops, the native transforms, the module's choice of path, and
 AFCN's prepared form that uses it. Outputs of the native transforms are NaN-poisoned before they
 run (GLAM_FAST_POISON=1, set by conftest), so an element they fail to write fails the test."""
 
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import pytest
 import torch
@@ -26,15 +27,38 @@ needs_native = pytest.mark.skipif(
 SHAPES = [(2, 16, 32, 15, 11), (3, 32, 16, 1, 1), (1, 48, 64, 7, 9), (4, 16, 16, 4, 4), (2, 64, 32, 2, 3), (5, 16, 48, 9, 5)]
 
 
-def _layer(c_in: int, c_out: int, seed: int):
+def _layer(c_in: int, c_out: int, seed: int, kernel_size: int = 3):
     g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(c_out, c_in, 3, 3, generator=g) / (9 * c_in) ** 0.5
+    weight = torch.randn(c_out, c_in, kernel_size, kernel_size, generator=g) / (kernel_size**2 * c_in) ** 0.5
     bias = 0.1 * torch.randn(c_out, generator=g)
     return weight, bias
 
 
 def _direct64(x, weight, bias):
-    return F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+    return F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=weight.shape[-1] // 2))
+
+
+def test_toom_cook_gives_lavin_and_grays_matrices_for_3x3():
+    """The constructed F(4x4, 3x3) matrices are the published ones (Lavin & Gray 2016, with their
+    row signs and scaling)."""
+    at, g, bt = winograd.toom_cook(3)
+    F_ = Fraction
+    assert bt == ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+    assert g == ((F_(1, 4), 0, 0), (F_(-1, 6),) * 3, (F_(-1, 6), F_(1, 6), F_(-1, 6)), (F_(1, 24), F_(1, 12), F_(1, 6)),
+                 (F_(1, 24), F_(-1, 12), F_(1, 6)), (0, 0, 1))
+    assert at == ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
+def test_toom_cook_is_exact_correlation_in_one_dimension(kernel_size):
+    """A^T [(G g) * (B^T d)] equals the 4 outputs of correlating d with g, in exact arithmetic."""
+    at, g, bt = winograd.toom_cook(kernel_size)
+    tile = kernel_size + 3
+    d = [Fraction(3 * i * i - 7 * i + 2, 5) for i in range(tile)]  # arbitrary exact values
+    w = [Fraction((-1) ** k * (k + 2), 3) for k in range(kernel_size)]
+    product = [sum(g[a][k] * w[k] for k in range(kernel_size)) * sum(bt[a][i] * d[i] for i in range(tile)) for a in range(tile)]
+    out = [sum(at[i][a] * product[a] for a in range(tile)) for i in range(4)]
+    assert out == [sum(d[i + k] * w[k] for k in range(kernel_size)) for i in range(4)]
 
 
 def test_extension_has_the_transforms_where_it_is_required():
@@ -45,26 +69,28 @@ def test_extension_has_the_transforms_where_it_is_required():
     assert winograd.native_available()
 
 
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_algorithm_in_float64_is_the_convolution(shape):
+def test_algorithm_in_float64_is_the_convolution(shape, kernel_size):
     """The transforms (B^T d B, G g G^T, A^T m A) are exact: in float64 they give the direct
     convolution to rounding."""
     batch, c_in, c_out, h, w = shape
-    weight, bias = _layer(c_in, c_out, seed=h * w)
+    weight, bias = _layer(c_in, c_out, seed=h * w, kernel_size=kernel_size)
     x = torch.randn(batch, c_in, h, w, dtype=torch.float64)
-    out = winograd.winograd_conv3x3_relu_reference(x, weight.double(), bias.double())
+    out = winograd.winograd_conv_relu_reference(x, weight.double(), bias.double())
     assert out.shape == (batch, c_out, h, w)
     assert (out - _direct64(x, weight, bias)).abs().max() < 1e-12
 
 
 @needs_native
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
 @pytest.mark.parametrize("gemm", ["bmm", "onednn"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_native_path_matches_the_convolution(shape, gemm, monkeypatch):
-    """Both ways of running the 36 GEMMs: one batched matmul (small calls) or oneDNN calls."""
-    monkeypatch.setattr(winograd, "BMM_MAX_TILES", 10**9 if gemm == "bmm" else 0)
+def test_native_path_matches_the_convolution(shape, gemm, kernel_size, monkeypatch):
+    """Both ways of running the GEMMs: one batched matmul (small calls) or oneDNN calls."""
+    monkeypatch.setattr(winograd, "BMM_MAX_TILES", dict.fromkeys(winograd.KERNEL_SIZES, 10**9 if gemm == "bmm" else 0))
     batch, c_in, c_out, h, w = shape
-    weight, bias = _layer(c_in, c_out, seed=h + w)
+    weight, bias = _layer(c_in, c_out, seed=h + w, kernel_size=kernel_size)
     x = torch.randn(batch, c_in, h, w).contiguous(memory_format=torch.channels_last)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
     with torch.inference_mode():
@@ -73,19 +99,22 @@ def test_native_path_matches_the_convolution(shape, gemm, monkeypatch):
     assert torch.isfinite(out).all()
     assert rel_err(out, _direct64(x, weight, bias)) < 1e-5
     # the same arithmetic in PyTorch ops, float32: only the summation order differs
-    assert (out - winograd.winograd_conv3x3_relu_reference(x, weight, bias)).abs().max() < 1e-4
+    assert (out - winograd.winograd_conv_relu_reference(x, weight, bias)).abs().max() < 1e-4
 
 
 @needs_native
-def test_native_input_transform_is_the_reference_transform():
-    """v[k] for each of the 36 positions, tile-major rows, against B^T d B in float64."""
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
+def test_native_input_transform_is_the_reference_transform(kernel_size):
+    """v[k] for each of the (k + 3)^2 positions, tile-major rows, against B^T d B in float64."""
     torch.manual_seed(0)
     x = torch.randn(2, 32, 9, 6)
-    v = winograd.input_transform(x.permute(0, 2, 3, 1).contiguous())
-    assert v.shape == (36, 2 * 3 * 2, 32)
-    bt = torch.tensor(winograd._BT, dtype=torch.float64)
-    patches = F.pad(x.double(), (1, 8 + 1 - 6, 1, 12 + 1 - 9)).unfold(2, 6, 4).unfold(3, 6, 4)  # (B, C, 3, 2, 6, 6)
-    expected = torch.einsum("ar,nctwrs,bs->abntwc", bt, patches, bt).reshape(36, -1, 32)
+    v = winograd.input_transform(x.permute(0, 2, 3, 1).contiguous(), kernel_size)
+    tile, pad, positions = kernel_size + 3, kernel_size // 2, winograd.positions(kernel_size)
+    assert v.shape == (positions, 2 * 3 * 2, 32)
+    bt = winograd._matrix(winograd.toom_cook(kernel_size)[2], torch.float64, "cpu")
+    padded = F.pad(x.double(), (pad, 4 * 2 + tile - 4 - pad - 6, pad, 4 * 3 + tile - 4 - pad - 9))
+    patches = padded.unfold(2, tile, 4).unfold(3, tile, 4)  # (B, C, 3, 2, tile, tile)
+    expected = torch.einsum("ar,nctwrs,bs->abntwc", bt, patches, bt).reshape(positions, -1, 32)
     assert (v.double() - expected).abs().max() < 1e-4
 
 
@@ -106,7 +135,7 @@ def test_small_calls_and_gradients_take_the_direct_convolution(monkeypatch):
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=10)  # 4 tiles per 5 x 7 map
     calls = []
     real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda x: calls.append(x.shape) or real(x))
+    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(x.shape) or real(x, k))
     with torch.inference_mode():
         for batch, used in ((2, False), (3, True)):
             x = torch.randn(batch, 16, 5, 7)
@@ -121,48 +150,61 @@ def test_small_calls_and_gradients_take_the_direct_convolution(monkeypatch):
 def test_bad_arguments_are_named():
     native = winograd._native()
     x = torch.randn(1, 4, 4, 20)
+    d = winograd._descriptor
     with pytest.raises(ValueError, match="channels; the transforms need a multiple of 16"):
-        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 1, 20)))
+        native.winograd_input_transform(d(x), d(torch.empty(36, 1, 20)), 3)
     x = torch.randn(1, 4, 4, 16)
-    with pytest.raises(ValueError, match=r"v must have shape \(36, tiles, C\)"):
-        native.winograd_input_transform(winograd._descriptor(x), winograd._descriptor(torch.empty(36, 2, 16)))
+    with pytest.raises(ValueError, match=r"v must have shape \(P, tiles, C\) = \(36, 1, 16\)"):
+        native.winograd_input_transform(d(x), d(torch.empty(36, 2, 16)), 3)
+    with pytest.raises(ValueError, match=r"v must have shape \(P, tiles, C\) = \(64, 1, 16\)"):
+        native.winograd_input_transform(d(x), d(torch.empty(36, 1, 16)), 5)
+    with pytest.raises(ValueError, match="kernel_size must be 3 or 5, got 7"):
+        native.winograd_input_transform(d(x), d(torch.empty(100, 1, 16)), 7)
     with pytest.raises(TypeError, match="x must be float32"):
-        native.winograd_input_transform(winograd._descriptor(x.double()), winograd._descriptor(torch.empty(36, 1, 16)))
+        native.winograd_input_transform(d(x.double()), d(torch.empty(36, 1, 16)), 3)
     with pytest.raises(ValueError, match="x must be contiguous"):
-        native.winograd_input_transform(winograd._descriptor(x.transpose(1, 2)), winograd._descriptor(torch.empty(36, 1, 16)))
-    m = [torch.empty(1, 16)] * 35
-    with pytest.raises(ValueError, match="m must hold the 36 GEMM outputs, got 35"):
-        native.winograd_output_transform([winograd._descriptor(t) for t in m], winograd._descriptor(torch.zeros(16)), winograd._descriptor(x))
-    with pytest.raises(ValueError, match="needs a 3x3 weight with C_in and C_out multiples of 16"):
+        native.winograd_input_transform(d(x.transpose(1, 2)), d(torch.empty(36, 1, 16)), 3)
+    m = [torch.empty(1, 16)] * 36
+    with pytest.raises(ValueError, match="m must hold the 36 GEMM outputs of a 3x3 kernel, got 35"):
+        native.winograd_output_transform([d(t) for t in m[:35]], d(torch.zeros(16)), d(x), 3)
+    with pytest.raises(ValueError, match="m must hold the 64 GEMM outputs of a 5x5 kernel, got 36"):
+        native.winograd_output_transform([d(t) for t in m], d(torch.zeros(16)), d(x), 5)
+    with pytest.raises(ValueError, match="needs a 3x3 or 5x5 weight with C_in and C_out multiples of 16"):
         winograd.WinogradConvReLU(torch.randn(16, 8, 3, 3), torch.randn(16))
+    with pytest.raises(ValueError, match="needs a 3x3 or 5x5 weight"):
+        winograd.WinogradConvReLU(torch.randn(16, 16, 7, 7), torch.randn(16))
+    assert winograd.supported(torch.randn(16, 16, 3, 3), stride=1, padding=1)
+    assert winograd.supported(torch.randn(16, 16, 5, 5), stride=1, padding=2)
     assert not winograd.supported(torch.randn(16, 16, 3, 3), stride=2, padding=1)
-    assert not winograd.supported(torch.randn(16, 16, 5, 5), stride=1, padding=2)
+    assert not winograd.supported(torch.randn(16, 16, 5, 5), stride=1, padding=1)
+    assert not winograd.supported(torch.randn(16, 16, 7, 7), stride=1, padding=3)
+    assert not winograd.supported(torch.randn(16, 16, 3, 5), stride=1, padding=1)
 
 
 @needs_native
-def test_prepared_afcn_runs_its_3x3_layers_as_winograd(monkeypatch):
-    """AFCN's conv3-5 become Winograd layers, which run from min_tiles up (here a batch of 8 at
-    70 x 97: 2 tiles per item per layer) with the reference's logits, padded or not."""
+def test_prepared_afcn_runs_conv2_to_conv5_as_winograd(monkeypatch):
+    """AFCN's conv2 (5x5) and conv3-5 (3x3) become Winograd layers, which run from min_tiles up
+    (here a batch of 8 at 70 x 97: 2 tiles per item in conv3-5) with the reference's logits,
+    padded or not."""
     torch.manual_seed(8)
     model = AFCN(num_classes=3, attn_dim=8).eval()
     fast, direct = prepare(model), prepare(model, use_winograd=False)
-    kinds = [type(conv).__name__ for conv in fast.convs]
-    assert kinds == ["ConvReLU", "ConvReLU", "WinogradConvReLU", "WinogradConvReLU", "WinogradConvReLU"]
+    assert [getattr(conv, "kernel_size", type(conv).__name__) for conv in fast.convs] == ["ConvReLU", 5, 3, 3, 3]
     assert not any(isinstance(conv, winograd.WinogradConvReLU) for conv in direct.convs)
     for conv in fast.convs[2:]:
         conv.min_tiles = 16
     calls = []
     real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda x: calls.append(x.shape) or real(x))
+    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(k) or real(x, k))
     x = torch.randn(8, 3, 70, 97)
     lengths = torch.tensor([97, 90, 97, 80, 97, 70, 97, 97])
     with torch.inference_mode():
         assert rel_err(fast(x), reference64(model, x)) < 1e-5
-        assert len(calls) == 3
+        assert calls == [5, 3, 3, 3]
         assert rel_err(fast(x, lengths), reference64(model, x, lengths)) < 1e-5
-        assert len(calls) == 6
-        assert rel_err(fast(x[:2]), reference64(model, x[:2])) < 1e-5  # 4 tiles: direct
-        assert len(calls) == 6
+        assert calls == [5, 3, 3, 3] * 2
+        assert rel_err(fast(x[:2]), reference64(model, x[:2])) < 1e-5  # conv3-5: 4 tiles, direct
+        assert calls == [5, 3, 3, 3] * 2 + [5]
 
 
 def test_use_winograd_is_checked():
@@ -173,15 +215,16 @@ def test_use_winograd_is_checked():
 
 
 @needs_native
-def test_gemms_run_batched_for_small_calls_and_as_onednn_calls_above():
-    """Up to BMM_MAX_TILES tiles the 36 GEMMs are one bmm, above it 36 oneDNN calls."""
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
+def test_gemms_run_batched_for_small_calls_and_as_onednn_calls_above(kernel_size):
+    """Up to BMM_MAX_TILES tiles the P GEMMs are one bmm, above it P oneDNN calls."""
     from tests.test_inference import _CountOps
 
-    weight, bias = _layer(16, 16, seed=9)
+    weight, bias = _layer(16, 16, seed=9, kernel_size=kernel_size)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
-    per_item = winograd.tiles(1, 8, 8)
-    small, large = winograd.BMM_MAX_TILES // per_item, winograd.BMM_MAX_TILES // per_item + 1
-    for batch, bmm_calls, onednn_calls in ((small, 1, 0), (large, 0, 36)):
+    per_item, most = winograd.tiles(1, 8, 8), winograd.BMM_MAX_TILES[kernel_size]
+    small, large = most // per_item, most // per_item + 1
+    for batch, bmm_calls, onednn_calls in ((small, 1, 0), (large, 0, winograd.positions(kernel_size))):
         x = torch.randn(batch, 16, 8, 8)
         with torch.inference_mode(), _CountOps() as counted:
             out = layer(x)
@@ -199,7 +242,7 @@ def test_used_layer_copies_pickles_and_casts():
 
     weight, bias = _layer(16, 32, seed=10)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
-    x = torch.randn(winograd.BMM_MAX_TILES + 1, 16, 3, 3)  # one tile per item: the oneDNN GEMM path
+    x = torch.randn(winograd.BMM_MAX_TILES[3] + 1, 16, 3, 3)  # one tile per item: the oneDNN GEMM path
     with torch.inference_mode():
         out = layer(x)
         assert layer._packed is not None
