@@ -119,8 +119,9 @@ def test_native_input_transform_is_the_reference_transform(kernel_size):
 
 
 @needs_native
-def test_channels_last_and_nchw_input_give_the_same_output():
-    weight, bias = _layer(16, 32, seed=3)
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
+def test_channels_last_and_nchw_input_give_the_same_output(kernel_size):
+    weight, bias = _layer(16, 32, seed=3, kernel_size=kernel_size)
     x = torch.randn(3, 16, 10, 13)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
     with torch.inference_mode():
@@ -144,6 +145,27 @@ def test_small_calls_and_gradients_take_the_direct_convolution(monkeypatch):
     x = torch.randn(4, 16, 5, 7, requires_grad=True)
     layer(x).sum().backward()
     assert len(calls) == 1 and x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@needs_native
+def test_5x5_layers_have_no_tile_minimum_and_take_gradients_directly(monkeypatch):
+    """A 5x5 layer runs the Winograd path from one tile up; with grad it runs the direct
+    convolution (padding 2) and gets the direct convolution's gradient."""
+    weight, bias = _layer(16, 16, seed=5, kernel_size=5)
+    layer = winograd.WinogradConvReLU(weight, bias)
+    assert layer.min_tiles == winograd.MIN_TILES[5] == 1
+    calls = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(k) or real(x, k))
+    x = torch.randn(1, 16, 3, 2)
+    with torch.inference_mode():
+        assert rel_err(layer(x), _direct64(x, weight, bias)) < 1e-5
+    assert calls == [5]
+    x = torch.randn(2, 16, 6, 9, requires_grad=True)
+    layer(x).sum().backward()
+    expected = x.detach().double().requires_grad_()
+    _direct64(expected, weight, bias).sum().backward()
+    assert calls == [5] and rel_err(x.grad, expected.grad) < 1e-5
 
 
 @needs_native
