@@ -302,8 +302,13 @@ int64_t winograd_kernel(const Checker& check, int64_t kernel_size) {
   return kernel_size;
 }
 
-void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel_size) {
+void winograd_threads(const Checker& check, int threads) {
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+}
+
+void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel_size, int threads) {
   const Checker check("winograd_input_transform", Where::kHost);
+  winograd_threads(check, threads);
   const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
   const std::vector<int64_t> dims = winograd_map(check, x);
@@ -313,13 +318,14 @@ void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel
   check.shape(v, {positions, tiles, channels}, "(P, tiles, C)");
   check.contiguous(v, "(P, tiles, C)");
   const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), batch, height,
-                                          width, channels, tiles * channels, kernel_size};
+                                          width, channels, tiles * channels, kernel_size, threads};
   py::gil_scoped_release release;
   glam_fast::winograd_input_transform(args);
 }
 
-void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int64_t kernel_size) {
+void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int64_t kernel_size, int threads) {
   const Checker check("winograd_output_transform", Where::kHost);
+  winograd_threads(check, threads);
   const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
   const std::vector<int64_t> dims = winograd_map(check, y);
@@ -342,7 +348,7 @@ void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle
     m[k] = reinterpret_cast<const float*>(t.ptr);
   }
   const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
-                                           batch, height, width, channels, kernel_size};
+                                           batch, height, width, channels, kernel_size, threads};
   py::gil_scoped_release release;
   glam_fast::winograd_output_transform(args);
 }
@@ -371,12 +377,16 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "squeeze_excite_param_count", [](int filters, int n_mfcc) { return glam_fast::SqueezeExciteLayout(filters, n_mfcc).total; },
       py::arg("filters"), py::arg("n_mfcc"), "Floats of one direction's packed squeeze-excite parameters.");
-  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"), py::arg("kernel_size"),
+  m.def("winograd_input_transform", &winograd_input_transform, py::arg("x"), py::arg("v"), py::arg("kernel_size"), py::arg("threads") = 1,
         "Winograd F(4x4, k x k) input transform on the CPU, k = kernel_size (3 or 5): x (B, H, W, C) NHWC float32 "
-        "(padding (k - 1) / 2 implied) -> v (P, tiles, C), P = (k + 3)^2, tiles = B * ceil(H/4) * ceil(W/4).");
-  m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"),
+        "(padding (k - 1) / 2 implied) -> v (P, tiles, C), P = (k + 3)^2, tiles = B * ceil(H/4) * ceil(W/4); the tiles "
+        "split over `threads` of PyTorch's OpenMP threads.");
+  m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"), py::arg("threads") = 1,
         "Winograd F(4x4, k x k) output transform on the CPU: the P (tiles, C) GEMM outputs m -> "
         "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
+  m.def("winograd_openmp_runtime", &glam_fast::winograd_openmp_runtime,
+        "Path of the OpenMP runtime (PyTorch's libgomp) whose threads the Winograd transforms share; '' when they "
+        "run on the calling thread only.");
 #ifdef GLAM_FAST_WITH_CUDA
   m.def(
       "conv5x5_bias_relu",

@@ -1,12 +1,20 @@
 // Winograd F(4x4, 3x3) and F(4x4, 5x5) input and output transforms on the CPU (see
 // winograd_cpu.h). Memory-bound loops over tiles, vectorised over 16 channels with GCC vector
-// types; built for AVX-512, AVX2 and baseline x86-64, chosen at load time (target_clones).
-// Single-threaded: run between oneDNN calls, a second thread shared a core with PyTorch's
-// spin-waiting OpenMP workers and was slower (glam_fast/winograd.py).
+// types; built for AVX-512, AVX2 and baseline x86-64, chosen at load time (target_clones). The
+// tiles are split over PyTorch's own OpenMP threads (openmp() below): threads of a second pool
+// would share the cores with PyTorch's spin-waiting workers (glam_fast/winograd.py).
 #include "winograd_cpu.h"
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#endif
 
 namespace glam_fast {
 namespace {
@@ -84,12 +92,12 @@ struct TileIndex {
 };
 
 template <int Kernel>
-GLAM_FAST_ALWAYS_INLINE void input_tiles(const WinogradInputArgs& a) {
+GLAM_FAST_ALWAYS_INLINE void input_tiles(const WinogradInputArgs& a, int64_t first, int64_t last) {
   using M = Matrices<Kernel>;
   constexpr int A = M::kTile, pad = (Kernel - 1) / 2;
-  const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
+  const int64_t C = a.channels;
   const Vec zero = {};
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = first; t < last; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const float* rows[A];  // input row of each tile row, nullptr in the zero padding
     bool column_in[A];
@@ -116,12 +124,12 @@ GLAM_FAST_ALWAYS_INLINE void input_tiles(const WinogradInputArgs& a) {
 }
 
 template <int Kernel>
-GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a) {
+GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a, int64_t first, int64_t last) {
   using M = Matrices<Kernel>;
   constexpr int A = M::kTile;
-  const int64_t C = a.channels, tiles = winograd_tiles(a.batch, a.height, a.width);
+  const int64_t C = a.channels;
   const Vec zero = {};
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = first; t < last; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const int64_t rows_out = std::min<int64_t>(4, a.height - 4 * i), columns_out = std::min<int64_t>(4, a.width - 4 * j);
     for (int64_t c = 0; c < C; c += kWinogradChannelStep) {
@@ -147,31 +155,101 @@ GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a) {
 
 // One clone set per entry point (target_clones on templates is not portable across GCC versions).
 GLAM_FAST_CPU_CLONES
-void input_tiles_dispatch(const WinogradInputArgs a) {
+void input_tiles_dispatch(const WinogradInputArgs& a, int64_t first, int64_t last) {
   if (a.kernel_size == 3) {
-    input_tiles<3>(a);
+    input_tiles<3>(a, first, last);
   } else {
-    input_tiles<5>(a);
+    input_tiles<5>(a, first, last);
   }
 }
 
 GLAM_FAST_CPU_CLONES
-void output_tiles_dispatch(const WinogradOutputArgs a) {
+void output_tiles_dispatch(const WinogradOutputArgs& a, int64_t first, int64_t last) {
   if (a.kernel_size == 3) {
-    output_tiles<3>(a);
+    output_tiles<3>(a, first, last);
   } else {
-    output_tiles<5>(a);
+    output_tiles<5>(a, first, last);
+  }
+}
+
+// PyTorch's OpenMP runtime, looked up through PyTorch's own CPU library (libtorch_cpu, already
+// loaded): dlsym on its handle searches its dependencies, so GOMP_parallel is the one of the
+// runtime PyTorch's parallel regions use (libgomp, or the GOMP entry points of another runtime),
+// even when other libraries have loaded a second libgomp. The transforms then run as a parallel
+// region of that team: the workers the PyTorch op before left spin-waiting take a share of the
+// tiles instead of competing with threads of our own for the cores. Off Linux, or without
+// libtorch_cpu, the transforms run on the calling thread.
+struct OpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                            // omp_get_thread_num
+  std::string path;                                                         // the runtime's file
+};
+
+#if defined(__linux__)
+int find_libtorch_cpu(dl_phdr_info* info, size_t, void* found) {
+  if (info->dlpi_name && std::strstr(info->dlpi_name, "libtorch_cpu")) {
+    *static_cast<std::string*>(found) = info->dlpi_name;
+    return 1;
+  }
+  return 0;
+}
+#endif
+
+const OpenMP& openmp() {
+  static OpenMP omp;
+  static std::once_flag once;
+  std::call_once(once, [] {
+#if defined(__linux__)
+    std::string torch_cpu;
+    dl_iterate_phdr(find_libtorch_cpu, &torch_cpu);
+    void* handle = torch_cpu.empty() ? nullptr : dlopen(torch_cpu.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle) return;
+    auto parallel = reinterpret_cast<decltype(omp.parallel)>(dlsym(handle, "GOMP_parallel"));
+    auto thread_num = reinterpret_cast<decltype(omp.thread_num)>(dlsym(handle, "omp_get_thread_num"));
+    Dl_info where{};
+    if (parallel && thread_num && dladdr(reinterpret_cast<void*>(parallel), &where) && where.dli_fname) {
+      omp = OpenMP{parallel, thread_num, where.dli_fname};
+    }
+#endif
+  });
+  return omp;
+}
+
+template <typename Args, void (*Body)(const Args&, int64_t, int64_t)>
+struct TileJob {
+  const Args* args;
+  int64_t tiles;
+  int threads;
+  static void run(void* self) {
+    const TileJob& job = *static_cast<const TileJob*>(self);
+    const int64_t i = openmp().thread_num();
+    const int64_t per = (job.tiles + job.threads - 1) / job.threads;
+    const int64_t first = std::min(job.tiles, i * per), last = std::min(job.tiles, first + per);
+    if (first < last) Body(*job.args, first, last);
+  }
+};
+
+template <typename Args, void (*Body)(const Args&, int64_t, int64_t)>
+void over_tiles(const Args& a, int64_t tiles, int threads) {
+  const OpenMP& omp = openmp();
+  if (threads > 1 && tiles > 1 && omp.parallel) {
+    TileJob<Args, Body> job{&a, tiles, static_cast<int>(std::min<int64_t>(threads, tiles))};
+    omp.parallel(&TileJob<Args, Body>::run, &job, job.threads, 0);
+  } else {
+    Body(a, 0, tiles);
   }
 }
 
 }  // namespace
 
+std::string winograd_openmp_runtime() { return openmp().path; }
+
 void winograd_input_transform(const WinogradInputArgs& args) {
-  input_tiles_dispatch(args);
+  over_tiles<WinogradInputArgs, input_tiles_dispatch>(args, winograd_tiles(args.batch, args.height, args.width), args.threads);
 }
 
 void winograd_output_transform(const WinogradOutputArgs& args) {
-  output_tiles_dispatch(args);
+  over_tiles<WinogradOutputArgs, output_tiles_dispatch>(args, winograd_tiles(args.batch, args.height, args.width), args.threads);
 }
 
 }  // namespace glam_fast

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace glam_fast {
 
@@ -26,8 +27,12 @@ struct WinogradInputArgs {
   const float* x;
   float* v;
   int64_t batch, height, width, channels, block_stride, kernel_size;
+  int threads;
 };
 void winograd_input_transform(const WinogradInputArgs& args);
+
+// threads (both transforms): how many of PyTorch's OpenMP threads share the tiles; 1, or no
+// OpenMP runtime found (winograd_openmp_runtime() == ""), runs them on the calling thread.
 
 // m: P pointers to (T, C) GEMM outputs; y: (B, H, W, C) NHWC = relu(A^T m A + bias) (the 4x4
 // output tile clipped at the map's edge).
@@ -36,7 +41,11 @@ struct WinogradOutputArgs {
   const float* bias;
   float* y;
   int64_t batch, height, width, channels, kernel_size;
+  int threads;
 };
 void winograd_output_transform(const WinogradOutputArgs& args);
+
+// The path of the OpenMP runtime the transforms use, "" when they run on the calling thread only.
+std::string winograd_openmp_runtime();
 
 }  // namespace glam_fast

@@ -10,7 +10,8 @@ for 3x3 kernels, 64 / 16 = 4 instead of 25 for 5x5. The fewer multiplications co
 memory-bound transforms and weights P / k^2 times larger (4x, 2.6x), which pay off once there are
 enough tiles per GEMM:
 
-- input transform ``v = B^T d B``: native (``glam_fast._C.winograd_input_transform``);
+- input transform ``v = B^T d B``: native (``glam_fast._C.winograd_input_transform``), its tiles
+  split over PyTorch's OpenMP threads;
 - the P GEMMs: one ``torch.bmm`` up to :data:`BMM_MAX_TILES` tiles, above it P oneDNN
   ``_linear_pointwise`` calls with the transformed weights packed once;
 - output transform ``relu(A^T m A + bias)``: native (``glam_fast._C.winograd_output_transform``).
@@ -65,10 +66,13 @@ MIN_TILES = {3: 24, 5: 1}
 # tiles 36.6 / 105 ms against 16.9 / 51.
 BMM_MAX_TILES = {3: 96, 5: 576}
 
-# The native transforms run on the calling thread alone: each oneDNN GEMM before a transform
-# leaves PyTorch's OpenMP workers spin-waiting on their cores, and a second transform thread
-# shared a core with one of them. Measured in AFCN at batch 32 on 2 cores: 11.6 ms of transforms
-# per forward on one thread, 15-16 ms on two.
+# The native transforms split their tiles over PyTorch's own OpenMP threads (a parallel region of
+# the team of the runtime libtorch_cpu uses: _C.winograd_openmp_runtime()). Each PyTorch
+# op before a transform leaves those workers spin-waiting on their cores: threads of our own
+# shared a core with them (in AFCN at batch 32 on 2 cores, 15-16 ms of transforms per forward on
+# two std::threads against 11.6 on one), while the OpenMP team's own workers take their share.
+# Measured against one thread in the model (2 cores, in-process, alternating): batch 8 36.2 vs
+# 38.5 ms, batch 32 135 vs 148 ms, batch 1 level.
 
 
 @functools.cache
@@ -168,19 +172,21 @@ _descriptor = _extension.tensor_descriptor
 
 
 def input_transform(x_nhwc: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Native ``B^T d B`` for a k x k kernel: x (B, H, W, C) contiguous -> (P, tiles, C)."""
+    """Native ``B^T d B`` for a k x k kernel: x (B, H, W, C) contiguous -> (P, tiles, C), on
+    ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
     batch, height, width, channels = x_nhwc.shape
     v = empty_output((positions(kernel_size), tiles(batch, height, width), channels), dtype=x_nhwc.dtype, device=x_nhwc.device)
-    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v), kernel_size)
+    _native().winograd_input_transform(_descriptor(x_nhwc), _descriptor(v), kernel_size, torch.get_num_threads())
     return v
 
 
 def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
-    """Native ``relu(A^T m A + bias)``: P (tiles, C) GEMM outputs -> (B, H, W, C) contiguous."""
+    """Native ``relu(A^T m A + bias)``: P (tiles, C) GEMM outputs -> (B, H, W, C) contiguous, on
+    ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
     n_tiles, channels = m[0].shape
     batch = n_tiles // tiles(1, height, width)
     y = empty_output((batch, height, width, channels), dtype=m[0].dtype, device=m[0].device)
-    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y), kernel_size)
+    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y), kernel_size, torch.get_num_threads())
     return y
 
 

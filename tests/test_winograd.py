@@ -6,6 +6,7 @@ run (GLAM_FAST_POISON=1, set by conftest), so an element they fail to write fail
 from __future__ import annotations
 
 import os
+import sys
 from fractions import Fraction
 
 import pytest
@@ -120,6 +121,38 @@ def test_native_input_transform_is_the_reference_transform(kernel_size):
 
 @needs_native
 @pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
+def test_transforms_split_over_threads_give_the_same_bits(kernel_size):
+    """The tiles split over 2, 3 or more threads than there are tiles: every element written, each
+    exactly as one thread computes it (outputs NaN-poisoned first)."""
+    torch.manual_seed(kernel_size)
+    native, d = winograd._native(), winograd._descriptor
+    x = torch.randn(3, 9, 7, 32)  # 3 x 3 x 2 = 18 tiles
+    tiles, positions = winograd.tiles(3, 9, 7), winograd.positions(kernel_size)
+    m = [torch.randn(tiles, 16) for _ in range(positions)]
+    bias = torch.randn(16)
+    results = []
+    for threads in (1, 2, 3, 64):
+        v, y = torch.full((positions, tiles, 32), float("nan")), torch.full((3, 9, 7, 16), float("nan"))
+        native.winograd_input_transform(d(x), d(v), kernel_size, threads)
+        native.winograd_output_transform([d(t) for t in m], d(bias), d(y), kernel_size, threads)
+        assert torch.isfinite(v).all() and torch.isfinite(y).all()
+        results.append((v, y))
+    for v, y in results[1:]:
+        assert torch.equal(v, results[0][0]) and torch.equal(y, results[0][1])
+
+
+@needs_native
+@pytest.mark.skipif(sys.platform != "linux" or "OpenMP" not in torch.__config__.parallel_info(), reason="PyTorch without OpenMP, or not Linux")
+def test_transforms_use_pytorchs_openmp_runtime():
+    """Where PyTorch runs its CPU ops on OpenMP (Linux wheels), the transforms find that runtime
+    through libtorch_cpu, so their threads are PyTorch's team and not a second pool."""
+    runtime = winograd._native().winograd_openmp_runtime()
+    assert "omp" in os.path.basename(runtime), runtime
+    assert os.path.exists(runtime)
+
+
+@needs_native
+@pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
 def test_channels_last_and_nchw_input_give_the_same_output(kernel_size):
     weight, bias = _layer(16, 32, seed=3, kernel_size=kernel_size)
     x = torch.randn(3, 16, 10, 13)
@@ -180,6 +213,8 @@ def test_bad_arguments_are_named():
         native.winograd_input_transform(d(x), d(torch.empty(36, 2, 16)), 3)
     with pytest.raises(ValueError, match=r"v must have shape \(P, tiles, C\) = \(64, 1, 16\)"):
         native.winograd_input_transform(d(x), d(torch.empty(36, 1, 16)), 5)
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        native.winograd_input_transform(d(x), d(torch.empty(36, 1, 16)), 3, 0)
     with pytest.raises(ValueError, match="kernel_size must be 3 or 5, got 7"):
         native.winograd_input_transform(d(x), d(torch.empty(100, 1, 16)), 7)
     with pytest.raises(TypeError, match="x must be float32"):
