@@ -40,8 +40,10 @@ def info() -> dict:
     ``backends[device][name]`` is '' when backend ``name`` can run on that device type, else the
     reason it cannot; ``ops[name]`` lists the ops a fused backend implements;
     ``cpu_inference_onednn`` tells whether the CPU inference forms (``glam_fast.inference``) run
-    their convolutions as fused oneDNN calls here, ``cpu_inference_winograd`` whether AFCN's 3x3
-    layers can run as Winograd convolutions (oneDNN and the native extension).
+    their convolutions as fused oneDNN calls here, ``cpu_inference_winograd`` whether AFCN's 5x5
+    and 3x3 layers can run as Winograd convolutions (oneDNN and the native extension), and
+    ``cpu_inference_winograd_openmp`` the OpenMP runtime whose threads their transforms share
+    ('' when they run on one thread).
     """
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cpu_onednn = onednn.available(torch.device("cpu"), torch.float32)
@@ -58,6 +60,7 @@ def info() -> dict:
         "ops": {name: dispatch.registered_ops(name) for name in ("triton", "cuda")},
         "cpu_inference_onednn": cpu_onednn,
         "cpu_inference_winograd": cpu_onednn and winograd.native_available(),
+        "cpu_inference_winograd_openmp": winograd.openmp_runtime(),
     }
 
 
@@ -91,7 +94,10 @@ def format_info(report: dict) -> str:
                 detail = "" if ops is None else f" (ops: {', '.join(ops) if ops else 'none yet'})"
                 lines.append(f"  {name}: available{detail}")
     if report["cpu_inference_onednn"]:
-        winograd_note = "; AFCN's 5x5 and 3x3 layers as Winograd F(4x4, 5x5) / F(4x4, 3x3)" if report.get("cpu_inference_winograd") else ""
+        winograd_note = ""
+        if report.get("cpu_inference_winograd"):
+            threads = "PyTorch's OpenMP threads" if report.get("cpu_inference_winograd_openmp") else "one thread"
+            winograd_note = f"; AFCN's 5x5 and 3x3 layers as Winograd F(4x4, 5x5) / F(4x4, 3x3) (transforms on {threads})"
         lines.append(f"CPU inference forms: fused oneDNN calls with packed weights{winograd_note}")
     else:
         lines.append("CPU inference forms: plain PyTorch ops (this PyTorch build has no oneDNN)")

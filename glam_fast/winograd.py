@@ -131,6 +131,12 @@ def native_available() -> bool:
     return module is not None and hasattr(module, "winograd_input_transform")
 
 
+def openmp_runtime() -> str:
+    """The OpenMP runtime (PyTorch's) whose threads the native transforms share; '' when they run
+    on the calling thread only (no extension, not Linux, or no runtime found through libtorch_cpu)."""
+    return _native().winograd_openmp_runtime() if native_available() else ""
+
+
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """(C_out, C_in, k, k) -> (P, C_out, C_in): ``G g G^T`` per position (computed in float64)."""
     g = _matrix(toom_cook(weight.shape[-1])[1], torch.float64, weight.device)
