@@ -18,7 +18,9 @@
 # folder put on PYTHONPATH. Other settings: PYTHON (default python3), GLAM_FAST_CUDA_ARCHS (default:
 # the GPU's own architecture), GLAM_FAST_GPU_ARGS (extra arguments for `python -m bench.gpu`),
 # GLAM_FAST_BENCH_COMMIT (the commit to record when the tree has no .git), GLAM_FAST_LIMIT_<STAGE>
-# (a stage's time limit in seconds). pytest options such as `-n 8` (pytest-xdist) go in PYTEST_ADDOPTS.
+# (a stage's time limit in seconds). pytest options such as `-n 8` (pytest-xdist) go in PYTEST_ADDOPTS;
+# with many workers set OMP_NUM_THREADS=1 too (the CPU pass on 16 cores: `-n 15` with one thread
+# each took 222 s, `-n 8` with torch's default 16 each had not finished after 195 s).
 #
 # Each stage runs under a time limit and a failing stage does not stop the later ones. OUTDIR
 # receives at most 8 plain files: summary.txt, junit-cpu.xml and junit-gpu.xml, logs.tar.gz (every log), report.tar.gz
@@ -26,7 +28,7 @@
 
 set -u -o pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 QUICK="" DRY_RUN="" STAGES="build,info,tests,compile,bench,scoring,report" OUTDIR=""
 while [ $# -gt 0 ]; do
