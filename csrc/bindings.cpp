@@ -5,7 +5,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -281,74 +280,66 @@ py::dict build_info() {
   return info;
 }
 
-// ---- Winograd F(4x4, 3x3) transforms (CPU) --------------------------------------------------
+// ---- Winograd F(4x4, 3x3) / F(4x4, 5x5) transforms (CPU) ------------------------------------
 
-// A float32 (B, H, W, C) NHWC map whose C the transforms' vector step divides: {B, H, W, C}.
-std::vector<int64_t> winograd_map(const Checker& check, const TensorRef& t) {
-  check.dtype(t, "float32");
-  check.shape(t, {-1, -1, -1, -1}, "(B, H, W, C)");
-  check.contiguous(t, "(B, H, W, C) channels-last");
-  if (t.shape[3] % glam_fast::kWinogradChannelStep != 0) {
-    check.value_error(t.name + " has " + std::to_string(t.shape[3]) + " channels; the transforms need a multiple of " +
-                      std::to_string(glam_fast::kWinogradChannelStep) + " (use the direct convolution)");
-  }
-  return t.shape;
-}
+// What both transforms check and derive: the thread count, the kernel size, and the float32
+// (B, H, W, C) NHWC map (x for the input transform, y for the output one) whose C the
+// transforms' vector step divides.
+struct WinogradGeometry {
+  int64_t positions, batch, height, width, channels, tiles;
+};
 
-int64_t winograd_kernel(const Checker& check, int64_t kernel_size) {
+WinogradGeometry winograd_geometry(const Checker& check, const TensorRef& map, int64_t kernel_size, int threads) {
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
   if (!glam_fast::winograd_kernel_supported(kernel_size)) {
     check.value_error("kernel_size must be 3 or 5, got " + std::to_string(kernel_size));
   }
-  return kernel_size;
-}
-
-void winograd_threads(const Checker& check, int threads) {
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.dtype(map, "float32");
+  check.shape(map, {-1, -1, -1, -1}, "(B, H, W, C)");
+  check.contiguous(map, "(B, H, W, C) channels-last");
+  const int64_t batch = map.shape[0], height = map.shape[1], width = map.shape[2], channels = map.shape[3];
+  if (channels % glam_fast::kWinogradChannelStep != 0) {
+    check.value_error(map.name + " has " + std::to_string(channels) + " channels; the transforms need a multiple of " +
+                      std::to_string(glam_fast::kWinogradChannelStep) + " (use the direct convolution)");
+  }
+  return {glam_fast::winograd_positions(kernel_size), batch, height, width, channels, glam_fast::winograd_tiles(batch, height, width)};
 }
 
 void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel_size, int threads) {
   const Checker check("winograd_input_transform", Where::kHost);
-  winograd_threads(check, threads);
-  const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef x = check.tensor(x_obj, "x"), v = check.tensor(v_obj, "v");
-  const std::vector<int64_t> dims = winograd_map(check, x);
-  const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
+  const WinogradGeometry g = winograd_geometry(check, x, kernel_size, threads);
   check.dtype(v, "float32");
-  const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
-  check.shape(v, {positions, tiles, channels}, "(P, tiles, C)");
+  check.shape(v, {g.positions, g.tiles, g.channels}, "(P, tiles, C)");
   check.contiguous(v, "(P, tiles, C)");
-  const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), batch, height,
-                                          width, channels, tiles * channels, kernel_size, threads};
+  const glam_fast::WinogradInputArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<float*>(v.ptr), g.batch, g.height,
+                                          g.width, g.channels, g.tiles * g.channels, kernel_size, threads};
   py::gil_scoped_release release;
   glam_fast::winograd_input_transform(args);
 }
 
 void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int64_t kernel_size, int threads) {
   const Checker check("winograd_output_transform", Where::kHost);
-  winograd_threads(check, threads);
-  const int64_t positions = glam_fast::winograd_positions(winograd_kernel(check, kernel_size));
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
-  const std::vector<int64_t> dims = winograd_map(check, y);
-  const int64_t batch = dims[0], height = dims[1], width = dims[2], channels = dims[3];
+  const WinogradGeometry g = winograd_geometry(check, y, kernel_size, threads);
   check.dtype(bias, "float32");
-  check.shape(bias, {channels}, "(C,)");
+  check.shape(bias, {g.channels}, "(C,)");
   check.contiguous(bias, "(C,)");
-  if (static_cast<int64_t>(m_objs.size()) != positions) {
-    check.value_error("m must hold the " + std::to_string(positions) + " GEMM outputs of a " + std::to_string(kernel_size) + "x" +
+  if (static_cast<int64_t>(m_objs.size()) != g.positions) {
+    check.value_error("m must hold the " + std::to_string(g.positions) + " GEMM outputs of a " + std::to_string(kernel_size) + "x" +
                       std::to_string(kernel_size) + " kernel, got " + std::to_string(m_objs.size()));
   }
-  const int64_t tiles = glam_fast::winograd_tiles(batch, height, width);
-  std::vector<const float*> m(positions);
-  for (int64_t k = 0; k < positions; ++k) {
+  std::vector<const float*> m(g.positions);
+  for (int64_t k = 0; k < g.positions; ++k) {
     const std::string name = "m[" + std::to_string(k) + "]";
     const TensorRef t = check.tensor(m_objs[k], name.c_str());
     check.dtype(t, "float32");
-    check.shape(t, {tiles, channels}, "(tiles, C)");
+    check.shape(t, {g.tiles, g.channels}, "(tiles, C)");
     check.contiguous(t, "(tiles, C)");
     m[k] = reinterpret_cast<const float*>(t.ptr);
   }
   const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
-                                           batch, height, width, channels, kernel_size, threads};
+                                           g.batch, g.height, g.width, g.channels, kernel_size, threads};
   py::gil_scoped_release release;
   glam_fast::winograd_output_transform(args);
 }

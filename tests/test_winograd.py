@@ -35,6 +35,14 @@ def _layer(c_in: int, c_out: int, seed: int, kernel_size: int = 3):
     return weight, bias
 
 
+def _record_input_transforms(monkeypatch) -> list[int]:
+    """The kernel size of every native input transform that runs from now on (the transform itself still runs)."""
+    calls: list[int] = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(k) or real(x, k))
+    return calls
+
+
 def _direct64(x, weight, bias):
     return F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=weight.shape[-1] // 2))
 
@@ -167,9 +175,7 @@ def test_small_calls_and_gradients_take_the_direct_convolution(monkeypatch):
     convolution (and gets gradients); from min_tiles up the native transforms run."""
     weight, bias = _layer(16, 16, seed=4)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=10)  # 4 tiles per 5 x 7 map
-    calls = []
-    real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(x.shape) or real(x, k))
+    calls = _record_input_transforms(monkeypatch)
     with torch.inference_mode():
         for batch, used in ((2, False), (3, True)):
             x = torch.randn(batch, 16, 5, 7)
@@ -187,9 +193,7 @@ def test_5x5_layers_have_no_tile_minimum_and_take_gradients_directly(monkeypatch
     weight, bias = _layer(16, 16, seed=5, kernel_size=5)
     layer = winograd.WinogradConvReLU(weight, bias)
     assert layer.min_tiles == winograd.MIN_TILES[5] == 1
-    calls = []
-    real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(k) or real(x, k))
+    calls = _record_input_transforms(monkeypatch)
     x = torch.randn(1, 16, 3, 2)
     with torch.inference_mode():
         assert rel_err(layer(x), _direct64(x, weight, bias)) < 1e-5
@@ -250,9 +254,7 @@ def test_prepared_afcn_runs_conv2_to_conv5_as_winograd(monkeypatch):
     assert not any(isinstance(conv, winograd.WinogradConvReLU) for conv in direct.convs)
     for conv in fast.convs[2:]:
         conv.min_tiles = 16
-    calls = []
-    real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda x, k: calls.append(k) or real(x, k))
+    calls = _record_input_transforms(monkeypatch)
     x = torch.randn(8, 3, 70, 97)
     lengths = torch.tensor([97, 90, 97, 80, 97, 70, 97, 97])
     with torch.inference_mode():
