@@ -11,6 +11,8 @@
 
 #include "build_config.h"
 #include "ops.h"
+#include "cpu_parallel.h"
+#include "gmlp_head_cpu.h"
 #include "runtime_info.h"
 #include "winograd_cpu.h"
 
@@ -344,6 +346,57 @@ void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle
   glam_fast::winograd_output_transform(args);
 }
 
+// ---- GLAM's gMLP head (CPU) ----------------------------------------------------------------
+
+// tokens (B, S, D) -> out (B, S, D); weights as gmlp_head_cpu.h lists them, scratch (z, hidden,
+// gated). Every shape is checked against B, S, D and H = gate_norm_weight's length.
+void gmlp_head(py::handle tokens_obj, const std::vector<py::handle>& weight_objs, const std::vector<py::handle>& scratch_objs,
+               py::handle out_obj, double norm_eps, double gate_norm_eps, int threads) {
+  const Checker check("gmlp_head", Where::kHost);
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  static const char* weight_names[] = {"norm_weight", "norm_bias", "in_weight", "in_bias", "gate_norm_weight",
+                                       "gate_norm_bias", "mix_weight", "mix_bias", "out_weight", "out_bias"};
+  static const char* scratch_names[] = {"z", "hidden", "gated"};
+  if (weight_objs.size() != 10) check.value_error("weights must hold the 10 packed head weights, got " + std::to_string(weight_objs.size()));
+  if (scratch_objs.size() != 3) check.value_error("scratch must hold z, hidden and gated, got " + std::to_string(scratch_objs.size()));
+  const TensorRef tokens = check.tensor(tokens_obj, "tokens"), out = check.tensor(out_obj, "out");
+  std::vector<TensorRef> w, scratch;
+  for (size_t i = 0; i < 10; ++i) w.push_back(check.tensor(weight_objs[i], weight_names[i]));
+  for (size_t i = 0; i < 3; ++i) scratch.push_back(check.tensor(scratch_objs[i], scratch_names[i]));
+  check.dtype(tokens, "float32");
+  check.shape(tokens, {-1, -1, -1}, "(B, S, D)");
+  const int64_t B = tokens.shape[0], S = tokens.shape[1], D = tokens.shape[2];
+  check.shape(w[4], {-1}, "(H,)");
+  const int64_t H = w[4].shape[0], Dp = glam_fast::gmlp_head_padded(D), Hp = glam_fast::gmlp_head_padded(H);
+  if (S < 1 || D < 1 || H < 1) check.value_error("tokens and hidden features must be non-empty");
+  const std::vector<std::pair<std::vector<int64_t>, const char*>> weight_shapes = {
+      {{D}, "(D,)"}, {{D}, "(D,)"}, {{D, 2 * Hp}, "(D, 2 Hp)"}, {{2 * Hp}, "(2 Hp,)"}, {{H}, "(H,)"},
+      {{H}, "(H,)"}, {{S, S}, "(S, S)"}, {{S}, "(S,)"}, {{H, Dp}, "(H, Dp)"}, {{D}, "(D,)"}};
+  const std::vector<std::pair<std::vector<int64_t>, const char*>> scratch_shapes = {
+      {{B, S, D}, "(B, S, D)"}, {{B, S, 2 * Hp}, "(B, S, 2 Hp)"}, {{B, S, Hp}, "(B, S, Hp)"}};
+  check.contiguous(tokens, "(B, S, D)");
+  for (size_t i = 0; i < 10; ++i) {
+    check.dtype(w[i], "float32");
+    check.shape(w[i], weight_shapes[i].first, weight_shapes[i].second);
+    check.contiguous(w[i], weight_shapes[i].second);
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    check.dtype(scratch[i], "float32");
+    check.shape(scratch[i], scratch_shapes[i].first, scratch_shapes[i].second);
+    check.contiguous(scratch[i], scratch_shapes[i].second);
+  }
+  check.dtype(out, "float32");
+  check.shape(out, {B, S, D}, "(B, S, D)");
+  check.contiguous(out, "(B, S, D)");
+  auto in = [&](size_t i) { return reinterpret_cast<const float*>(w[i].ptr); };
+  auto scratch_ptr = [&](size_t i) { return reinterpret_cast<float*>(scratch[i].ptr); };
+  const glam_fast::GMLPHeadArgs args{reinterpret_cast<const float*>(tokens.ptr), in(0), in(1), in(2), in(3), in(4), in(5), in(6), in(7), in(8),
+                                     in(9), scratch_ptr(0), scratch_ptr(1), scratch_ptr(2), reinterpret_cast<float*>(out.ptr), B, S, D, H,
+                                     static_cast<float>(norm_eps), static_cast<float>(gate_norm_eps), threads};
+  py::gil_scoped_release release;
+  glam_fast::gmlp_head(args);
+}
+
 // (number of usable CUDA devices, reason when there are none)
 py::tuple cuda_device_count() {
 #ifdef GLAM_FAST_WITH_CUDA
@@ -375,9 +428,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"), py::arg("threads") = 1,
         "Winograd F(4x4, k x k) output transform on the CPU: the P (tiles, C) GEMM outputs m -> "
         "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
-  m.def("winograd_openmp_runtime", &glam_fast::winograd_openmp_runtime,
-        "Path of the OpenMP runtime (PyTorch's libgomp) whose threads the Winograd transforms share; '' when they "
-        "run on the calling thread only.");
+  m.def("gmlp_head", &gmlp_head, py::arg("tokens"), py::arg("weights"), py::arg("scratch"), py::arg("out"), py::arg("norm_eps"),
+        py::arg("gate_norm_eps"), py::arg("threads") = 1,
+        "GLAM's gMLP head on the CPU (csrc/gmlp_head_cpu.h): tokens (B, S, D) float32 -> out (B, S, D) = relu(x) before the "
+        "classifier; weights packed by glam_fast.gmlp_head_cpu, scratch (z, hidden, gated); the work split over `threads` "
+        "of PyTorch's OpenMP threads.");
+  m.attr("gmlp_head_column_step") = glam_fast::kGMLPHeadColumnStep;
+  m.def("cpu_openmp_runtime", &glam_fast::cpu::openmp_runtime,
+        "Path of the OpenMP runtime (PyTorch's libgomp) whose threads the CPU kernels (Winograd transforms, gMLP "
+        "head) share; '' when they run on the calling thread only.");
 #ifdef GLAM_FAST_WITH_CUDA
   m.def(
       "conv5x5_bias_relu",

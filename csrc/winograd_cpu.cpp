@@ -1,42 +1,21 @@
 // Winograd F(4x4, 3x3) and F(4x4, 5x5) input and output transforms on the CPU (see
 // winograd_cpu.h). Memory-bound loops over tiles, vectorised over 16 channels with GCC vector
-// types; built for AVX-512, AVX2 and baseline x86-64, chosen at load time (target_clones). The
-// tiles are split over PyTorch's own OpenMP threads (openmp() below): threads of a second pool
-// would share the cores with PyTorch's spin-waiting workers (glam_fast/winograd.py).
+// types (cpu_vector.h); built for AVX-512, AVX2 and baseline x86-64, chosen at load time
+// (target_clones).
 #include "winograd_cpu.h"
 
 #include <algorithm>
-#include <cstring>
-#include <mutex>
-#include <string>
-#include <vector>
 
-#if defined(__linux__)
-#include <dlfcn.h>
-#include <link.h>
-#endif
+#include "cpu_parallel.h"
+#include "cpu_vector.h"
 
 namespace glam_fast {
 namespace {
 
-typedef float Vec __attribute__((vector_size(64)));  // 16 floats = kWinogradChannelStep
-// Vec values never cross a call boundary (every helper is inlined), so the ABI note GCC gives for
-// 64-byte vectors in a baseline-ISA build does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define GLAM_FAST_ALWAYS_INLINE inline __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GLAM_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GLAM_FAST_CPU_CLONES
-#endif
-
-GLAM_FAST_ALWAYS_INLINE Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-GLAM_FAST_ALWAYS_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+using cpu::load;
+using cpu::store;
+using cpu::Vec;
+static_assert(cpu::kLanes == kWinogradChannelStep, "the transforms step over channels one vector at a time");
 
 // The transform matrices for interpolation points 0, +-1, +-2 (and +-1/2 for 5x5) and infinity,
 // as glam_fast.winograd constructs them (Toom-Cook; every coefficient exact in float).
@@ -155,7 +134,8 @@ GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a, int64_t f
 
 // One clone set per entry point (target_clones on templates is not portable across GCC versions).
 GLAM_FAST_CPU_CLONES
-void input_tiles_dispatch(const WinogradInputArgs& a, int64_t first, int64_t last) {
+void input_tiles_dispatch(const void* context, int64_t first, int64_t last) {
+  const auto& a = *static_cast<const WinogradInputArgs*>(context);
   if (a.kernel_size == 3) {
     input_tiles<3>(a, first, last);
   } else {
@@ -164,7 +144,8 @@ void input_tiles_dispatch(const WinogradInputArgs& a, int64_t first, int64_t las
 }
 
 GLAM_FAST_CPU_CLONES
-void output_tiles_dispatch(const WinogradOutputArgs& a, int64_t first, int64_t last) {
+void output_tiles_dispatch(const void* context, int64_t first, int64_t last) {
+  const auto& a = *static_cast<const WinogradOutputArgs*>(context);
   if (a.kernel_size == 3) {
     output_tiles<3>(a, first, last);
   } else {
@@ -172,84 +153,16 @@ void output_tiles_dispatch(const WinogradOutputArgs& a, int64_t first, int64_t l
   }
 }
 
-// PyTorch's OpenMP runtime, looked up through PyTorch's own CPU library (libtorch_cpu, already
-// loaded): dlsym on its handle searches its dependencies, so GOMP_parallel is the one of the
-// runtime PyTorch's parallel regions use (libgomp, or the GOMP entry points of another runtime),
-// even when other libraries have loaded a second libgomp. The transforms then run as a parallel
-// region of that team: the workers the PyTorch op before left spin-waiting take a share of the
-// tiles instead of competing with threads of our own for the cores. Off Linux, or without
-// libtorch_cpu, the transforms run on the calling thread.
-struct OpenMP {
-  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
-  int (*thread_num)() = nullptr;                                            // omp_get_thread_num
-  std::string path;                                                         // the runtime's file
-};
-
-#if defined(__linux__)
-int find_libtorch_cpu(dl_phdr_info* info, size_t, void* found) {
-  if (info->dlpi_name && std::strstr(info->dlpi_name, "libtorch_cpu")) {
-    *static_cast<std::string*>(found) = info->dlpi_name;
-    return 1;
-  }
-  return 0;
-}
-#endif
-
-const OpenMP& openmp() {
-  static OpenMP omp;
-  static std::once_flag once;
-  std::call_once(once, [] {
-#if defined(__linux__)
-    std::string torch_cpu;
-    dl_iterate_phdr(find_libtorch_cpu, &torch_cpu);
-    void* handle = torch_cpu.empty() ? nullptr : dlopen(torch_cpu.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    if (!handle) return;
-    auto parallel = reinterpret_cast<decltype(omp.parallel)>(dlsym(handle, "GOMP_parallel"));
-    auto thread_num = reinterpret_cast<decltype(omp.thread_num)>(dlsym(handle, "omp_get_thread_num"));
-    Dl_info where{};
-    if (parallel && thread_num && dladdr(reinterpret_cast<void*>(parallel), &where) && where.dli_fname) {
-      omp = OpenMP{parallel, thread_num, where.dli_fname};
-    }
-#endif
-  });
-  return omp;
-}
-
-template <typename Args, void (*Body)(const Args&, int64_t, int64_t)>
-struct TileJob {
-  const Args* args;
-  int64_t tiles;
-  int threads;
-  static void run(void* self) {
-    const TileJob& job = *static_cast<const TileJob*>(self);
-    const int64_t i = openmp().thread_num();
-    const int64_t per = (job.tiles + job.threads - 1) / job.threads;
-    const int64_t first = std::min(job.tiles, i * per), last = std::min(job.tiles, first + per);
-    if (first < last) Body(*job.args, first, last);
-  }
-};
-
-template <typename Args, void (*Body)(const Args&, int64_t, int64_t)>
-void over_tiles(const Args& a, int64_t tiles, int threads) {
-  const OpenMP& omp = openmp();
-  if (threads > 1 && tiles > 1 && omp.parallel) {
-    TileJob<Args, Body> job{&a, tiles, static_cast<int>(std::min<int64_t>(threads, tiles))};
-    omp.parallel(&TileJob<Args, Body>::run, &job, job.threads, 0);
-  } else {
-    Body(a, 0, tiles);
-  }
-}
-
 }  // namespace
 
-std::string winograd_openmp_runtime() { return openmp().path; }
-
+// The tiles are split over PyTorch's own OpenMP threads (cpu::parallel_ranges): threads of a
+// second pool would share the cores with PyTorch's spin-waiting workers.
 void winograd_input_transform(const WinogradInputArgs& args) {
-  over_tiles<WinogradInputArgs, input_tiles_dispatch>(args, winograd_tiles(args.batch, args.height, args.width), args.threads);
+  cpu::parallel_ranges(winograd_tiles(args.batch, args.height, args.width), args.threads, input_tiles_dispatch, &args);
 }
 
 void winograd_output_transform(const WinogradOutputArgs& args) {
-  over_tiles<WinogradOutputArgs, output_tiles_dispatch>(args, winograd_tiles(args.batch, args.height, args.width), args.threads);
+  cpu::parallel_ranges(winograd_tiles(args.batch, args.height, args.width), args.threads, output_tiles_dispatch, &args);
 }
 
 }  // namespace glam_fast

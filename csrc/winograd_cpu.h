@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 namespace glam_fast {
 
@@ -32,7 +31,7 @@ struct WinogradInputArgs {
 void winograd_input_transform(const WinogradInputArgs& args);
 
 // threads (both transforms): how many of PyTorch's OpenMP threads share the tiles; 1, or no
-// OpenMP runtime found (winograd_openmp_runtime() == ""), runs them on the calling thread.
+// OpenMP runtime found (cpu::openmp_runtime() == ""), runs them on the calling thread.
 
 // m: P pointers to (T, C) GEMM outputs; y: (B, H, W, C) NHWC = relu(A^T m A + bias) (the 4x4
 // output tile clipped at the map's edge).
@@ -44,8 +43,5 @@ struct WinogradOutputArgs {
   int threads;
 };
 void winograd_output_transform(const WinogradOutputArgs& args);
-
-// The path of the OpenMP runtime the transforms use, "" when they run on the calling thread only.
-std::string winograd_openmp_runtime();
 
 }  // namespace glam_fast

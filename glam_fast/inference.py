@@ -14,7 +14,9 @@ module that computes the same logits with less work:
 - **Micro-batches**: a large batch runs a few items at a time so that each layer's activations
   stay in the CPU cache (GLAM's gMLP head in smaller ones again).
 - GLAM: the stem's two 3-tap convolutions as one small matmul that writes the height-concatenated
-  map directly; each multi-scale branch max-pooled before the concatenation.
+  map directly; each multi-scale branch max-pooled before the concatenation; the gMLP head as
+  one native call (:mod:`glam_fast.gmlp_head_cpu`: GEMM tiles with the bias, GELU, LayerNorm,
+  gate and residual applied in registers).
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glam_fast import gmlp_head_cpu
 from glam_fast import onednn as onednn_ops
 from glam_fast import winograd
 from glam_fast.models import AFCN, GLAM, MSSENet
@@ -138,6 +141,7 @@ class InferenceGLAM(nn.Module):
         micro_batch: int | None,
         onednn: bool,
         head_micro_batch: int | None = None,
+        native_head: bool = False,
     ):
         super().__init__()
         self.shape, self.num_classes, self.fusion_dim = model.shape, model.num_classes, model.fusion_dim
@@ -168,6 +172,9 @@ class InferenceGLAM(nn.Module):
         self.mix_bias_doubled = _frozen(2 * gmlp.sgu.bias[0, :, None])
         self.proj_out = _frozen_copy(gmlp.proj_out)
         self.fc = _frozen_copy(model.fc)
+        # The same head as one native call (None: the PyTorch ops above, which also run where it
+        # does not apply: a module cast to float64, an input that requires grad).
+        self.native_head = gmlp_head_cpu.NativeGMLPHead(model.gmlp) if native_head else None
 
     @property
     def onednn(self) -> bool:
@@ -196,6 +203,8 @@ class InferenceGLAM(nn.Module):
 
     def _head(self, tokens: torch.Tensor) -> torch.Tensor:
         """The gMLP and the classifier: (B, 128, fusion_dim) tokens -> (B, num_classes) logits."""
+        if self.native_head is not None and self.native_head.applies(tokens):
+            return self.fc(self.native_head(tokens).flatten(1))
         batch = tokens.shape[0]
         onednn = self.onednn
         z = self.norm(tokens)
@@ -415,6 +424,7 @@ def prepare(
     onednn: bool | None = None,
     head_micro_batch: int | None | str = "auto",
     use_winograd: bool | None = None,
+    native_head: bool | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -441,6 +451,9 @@ def prepare(
             :data:`glam_fast.winograd.MIN_TILES` tiles (conv2 always; conv3-5 from batch 2 at
             257 x 201 or 257 x 300 input). None: wherever possible (oneDNN in use and the native
             extension built); True: required (raises otherwise); False: direct convolutions only.
+        native_head: GLAM only. Run the gMLP head as one native call
+            (:mod:`glam_fast.gmlp_head_cpu`). None: wherever possible (float32 on the CPU and the
+            native extension built); True: required (raises otherwise); False: PyTorch ops.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
     reference forward. Call it under ``torch.inference_mode()`` (or ``no_grad``).
@@ -453,6 +466,14 @@ def prepare(
         raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
     if not isinstance(model, AFCN) and use_winograd is not None:
         raise ValueError(f"use_winograd applies to AFCN only, not to {type(model).__name__}")
+    if not isinstance(model, GLAM) and native_head is not None:
+        raise ValueError(f"native_head applies to GLAM only, not to {type(model).__name__}")
+    head_possible = param.device.type == "cpu" and param.dtype == torch.float32 and gmlp_head_cpu.native_available()
+    if native_head and not head_possible:
+        raise RuntimeError(
+            "prepare(native_head=True) needs float32 on the CPU and glam_fast's native extension "
+            f"(model: {param.dtype} on {param.device}; extension: {'built' if gmlp_head_cpu.native_available() else 'not built'})"
+        )
     winograd_built = winograd.native_available()
     if use_winograd and not (use_onednn and winograd_built):
         raise RuntimeError(
@@ -462,7 +483,8 @@ def prepare(
     micro_batch = _batch_size_option("micro_batch", micro_batch, next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls)))
     head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
     if isinstance(model, GLAM):
-        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch)
+        native_head = head_possible if native_head is None else native_head
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch, native_head)
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:

@@ -67,7 +67,7 @@ MIN_TILES = {3: 24, 5: 1}
 BMM_MAX_TILES = {3: 96, 5: 576}
 
 # The native transforms split their tiles over PyTorch's own OpenMP threads (a parallel region of
-# the team of the runtime libtorch_cpu uses: _C.winograd_openmp_runtime()). Each PyTorch
+# the team of the runtime libtorch_cpu uses: _C.cpu_openmp_runtime()). Each PyTorch
 # op before a transform leaves those workers spin-waiting on their cores: threads of our own
 # shared a core with them (in AFCN at batch 32 on 2 cores, 15-16 ms of transforms per forward on
 # two std::threads against 11.6 on one), while the OpenMP team's own workers take their share.
@@ -134,7 +134,7 @@ def native_available() -> bool:
 def openmp_runtime() -> str:
     """The OpenMP runtime (PyTorch's) whose threads the native transforms share; '' when they run
     on the calling thread only (no extension, not Linux, or no runtime found through libtorch_cpu)."""
-    return _native().winograd_openmp_runtime() if native_available() else ""
+    return _native().cpu_openmp_runtime() if native_available() else ""
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:

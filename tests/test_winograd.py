@@ -154,7 +154,7 @@ def test_transforms_split_over_threads_give_the_same_bits(kernel_size):
 def test_transforms_use_pytorchs_openmp_runtime():
     """Where PyTorch runs its CPU ops on OpenMP (Linux wheels), the transforms find that runtime
     through libtorch_cpu, so their threads are PyTorch's team and not a second pool."""
-    runtime = winograd._native().winograd_openmp_runtime()
+    runtime = winograd._native().cpu_openmp_runtime()
     assert "omp" in os.path.basename(runtime), runtime
     assert os.path.exists(runtime)
 
