@@ -20,8 +20,8 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
   implementation that runs these convolutions can take less time, so eager / this is the highest
   ratio to eager within reach of these convolution algorithms on the machine (the rest of the
   forward, e.g. pooling, counts against it);
-- AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (conv2-5 as direct oneDNN
-  convolutions, not Winograd);
+- GLAM and AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (direct oneDNN
+  convolutions only, no Winograd layers);
 - GLAM: ``prepared-pytorch-head``: ``prepare(model, native_head=False)`` (the gMLP head as PyTorch
   and oneDNN ops instead of the native call);
 - GLAM: ``prepared-head-whole`` (the gMLP head on the whole micro-batch instead of chunks of 8);
@@ -62,6 +62,7 @@ GLAM_VARIANTS = {
     "prepared-plain": {"onednn": False},
     "prepared-merged": {"merge_multiscale": True},
     "prepared-pytorch-head": {"native_head": False},
+    "prepared-direct": {"use_winograd": False},
     "prepared-head-whole": {"head_micro_batch": None},
     **CONVOLUTIONS_ONLY,
 }

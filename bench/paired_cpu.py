@@ -6,7 +6,7 @@ so that the drift of a shared machine's speed cancels.
 
 The variants are some of ``bench/bench_inference_cpu.py``'s: the eager reference,
 ``torch.compile(reference)``, ``prepare(model)``, for GLAM and AFCN the prepared module's
-convolution calls alone, for GLAM ``prepare(model, native_head=False)`` and for AFCN
+convolution calls alone, for GLAM ``prepare(model, native_head=False)``, and for GLAM and AFCN
 ``prepare(model, use_winograd=False)``; the same models,
 inputs and items per round. There, each variant runs all its rounds before the next one starts,
 so a machine that slows down between two variants changes their ratio. Here every round runs
@@ -43,7 +43,7 @@ DIRECT = "prepared-direct"
 
 # What is timed per model; bench_inference_cpu builds each variant (_runner), as for its own cases.
 PAIRED_VARIANTS = {
-    "glam": (REFERENCE, COMPILED, PREPARED, PYTORCH_HEAD, CONVOLUTIONS),
+    "glam": (REFERENCE, COMPILED, PREPARED, PYTORCH_HEAD, DIRECT, CONVOLUTIONS),
     "mssenet": (REFERENCE, COMPILED, PREPARED),
     "afcn": (REFERENCE, COMPILED, PREPARED, DIRECT, CONVOLUTIONS),
 }

@@ -397,6 +397,29 @@ void gmlp_head(py::handle tokens_obj, const std::vector<py::handle>& weight_objs
   glam_fast::gmlp_head(args);
 }
 
+void winograd_gemm(py::handle v_obj, py::handle u_obj, py::handle m_obj, int threads) {
+  const Checker check("winograd_gemm", Where::kHost);
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  const TensorRef v = check.tensor(v_obj, "v"), u = check.tensor(u_obj, "u"), m = check.tensor(m_obj, "m");
+  for (const TensorRef* t : {&v, &u, &m}) check.dtype(*t, "float32");
+  check.shape(v, {-1, -1, -1}, "(P, tiles, C_in)");
+  const int64_t positions = v.shape[0], tiles = v.shape[1], in_channels = v.shape[2];
+  check.shape(m, {positions, tiles, -1}, "(P, tiles, C_out)");
+  const int64_t out_channels = m.shape[2];
+  check.shape(u, {positions, in_channels * out_channels}, "(P, C_in * C_out) packed panels");
+  if (out_channels % glam_fast::kWinogradChannelStep != 0) {
+    check.value_error("m has " + std::to_string(out_channels) + " output channels; the GEMM needs a multiple of " +
+                      std::to_string(glam_fast::kWinogradChannelStep));
+  }
+  check.contiguous(v, "(P, tiles, C_in)");
+  check.contiguous(u, "(P, C_in * C_out) packed panels");
+  check.contiguous(m, "(P, tiles, C_out)");
+  const glam_fast::WinogradGemmArgs args{reinterpret_cast<const float*>(v.ptr), reinterpret_cast<const float*>(u.ptr), reinterpret_cast<float*>(m.ptr),
+                                         positions, tiles, in_channels, out_channels, threads};
+  py::gil_scoped_release release;
+  glam_fast::winograd_gemm(args);
+}
+
 // (number of usable CUDA devices, reason when there are none)
 py::tuple cuda_device_count() {
 #ifdef GLAM_FAST_WITH_CUDA
@@ -428,6 +451,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"), py::arg("threads") = 1,
         "Winograd F(4x4, k x k) output transform on the CPU: the P (tiles, C) GEMM outputs m -> "
         "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
+  m.def("winograd_gemm", &winograd_gemm, py::arg("v"), py::arg("u"), py::arg("m"), py::arg("threads") = 1,
+        "The GEMMs of a Winograd convolution on the CPU: m[k] = v[k] @ u[k] for v (P, tiles, C_in), m (P, tiles, C_out) "
+        "float32 contiguous (C_out a multiple of 16), u (P, C_in * C_out) each u[k] packed in column panels "
+        "(glam_fast.winograd.pack_panels); split over `threads` of PyTorch's OpenMP threads.");
   m.def("gmlp_head", &gmlp_head, py::arg("tokens"), py::arg("weights"), py::arg("scratch"), py::arg("out"), py::arg("norm_eps"),
         py::arg("gate_norm_eps"), py::arg("threads") = 1,
         "GLAM's gMLP head on the CPU (csrc/gmlp_head_cpu.h): tokens (B, S, D) float32 -> out (B, S, D) = relu(x) before the "

@@ -3,23 +3,26 @@
 // normalised gate of every row of its segment, so all of pass 1 finishes before pass 2 starts.
 //   pass 1: LayerNorm -> z; z [Wv^T | Wg^T] + b, GELU -> hidden; LayerNorm of the gate half
 //   pass 2: 2 Wmix gate + 2 bmix, sigmoid, value * (2 s - 1) -> gated; gated Wo^T + bo + tokens, ReLU -> out
-// The GEMMs are register tiles of up to 8 rows x 32 columns (16 accumulators) over the whole
-// K, each column panel of the right-hand side reused by all rows of a work item.
+// The GEMMs are cpu_gemm.h's register tiles, each column panel of the right-hand side reused by
+// all rows of a work item.
 #include "gmlp_head_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "cpu_gemm.h"
 #include "cpu_parallel.h"
 #include "cpu_vector.h"
 
 namespace glam_fast {
 namespace {
 
+using cpu::gemm;
 using cpu::IVec;
 using cpu::kLanes;
 using cpu::load;
 using cpu::load_first;
+using cpu::Operands;
 using cpu::splat;
 using cpu::store;
 using cpu::store_first;
@@ -91,62 +94,6 @@ GLAM_FAST_ALWAYS_INLINE void layer_norm_row(const float* x, int64_t n, const flo
   const float inv_std = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
   for (int64_t c = 0; c < full; c += kLanes) store(y + c, (load(x + c) - mean) * inv_std * load(weight + c) + load(bias + c));
   for (int64_t c = full; c < n; ++c) y[c] = (x[c] - mean) * inv_std * weight[c] + bias[c];
-}
-
-// Row-major A (rows x K, leading dimension lda) times B (K x N, ldb), N a multiple of kLanes.
-struct Operands {
-  const float* a;
-  int64_t lda;
-  const float* b;
-  int64_t ldb, k;
-};
-
-// acc = A[row : row + MR] B[:, column : column + NV * kLanes], then epilogue(row', column', acc)
-// for each of its vectors.
-template <int MR, int NV, typename Epilogue>
-GLAM_FAST_ALWAYS_INLINE void gemm_tile(const Operands& op, int64_t row, int64_t column, const Epilogue& epilogue) {
-  Vec acc[MR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec{};
-  }
-  const float* a = op.a + row * op.lda;
-  const float* b = op.b + column;
-  for (int64_t k = 0; k < op.k; ++k) {
-    Vec bk[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bk[v] = load(b + k * op.ldb + v * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const float ar = a[r * op.lda + k];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += ar * bk[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) epilogue(row + r, column + v * kLanes, acc[r][v]);
-  }
-}
-
-template <int NV, typename Epilogue>
-GLAM_FAST_ALWAYS_INLINE void gemm_column_panel(const Operands& op, int64_t first_row, int64_t last_row, int64_t column, const Epilogue& epilogue) {
-  int64_t row = first_row;
-  for (; row + 8 <= last_row; row += 8) gemm_tile<8, NV>(op, row, column, epilogue);
-  if (row + 4 <= last_row) gemm_tile<4, NV>(op, row, column, epilogue), row += 4;
-  if (row + 2 <= last_row) gemm_tile<2, NV>(op, row, column, epilogue), row += 2;
-  if (row < last_row) gemm_tile<1, NV>(op, row, column, epilogue);
-}
-
-// epilogue(row, column, A[row] B[:, column : column + kLanes]) for rows [first_row, last_row) and
-// every column of B (columns a multiple of kLanes), a panel of 32 columns at a time.
-template <typename Epilogue>
-GLAM_FAST_ALWAYS_INLINE void gemm(const Operands& op, int64_t first_row, int64_t last_row, int64_t columns, const Epilogue& epilogue) {
-  int64_t column = 0;
-  for (; column + 2 * kLanes <= columns; column += 2 * kLanes) gemm_column_panel<2>(op, first_row, last_row, column, epilogue);
-  if (column < columns) gemm_column_panel<1>(op, first_row, last_row, column, epilogue);
 }
 
 struct Shape {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "cpu_gemm.h"
 #include "cpu_parallel.h"
 #include "cpu_vector.h"
 
@@ -153,6 +154,23 @@ void output_tiles_dispatch(const void* context, int64_t first, int64_t last) {
   }
 }
 
+struct StoreEpilogue {
+  float* m;
+  int64_t ld;
+  GLAM_FAST_ALWAYS_INLINE void operator()(int64_t row, int64_t column, Vec acc) const { store(m + row * ld + column, acc); }
+};
+
+GLAM_FAST_CPU_CLONES
+void gemm_items(const void* context, int64_t first, int64_t last) {
+  const auto& a = *static_cast<const WinogradGemmArgs*>(context);
+  const int64_t blocks = (a.tiles + kWinogradGemmRows - 1) / kWinogradGemmRows;
+  for (int64_t item = first; item < last; ++item) {
+    const int64_t k = item / blocks, row0 = item % blocks * kWinogradGemmRows, row1 = std::min(a.tiles, row0 + kWinogradGemmRows);
+    const cpu::Operands op{a.v + k * a.tiles * a.in_channels, a.in_channels, a.u + k * a.in_channels * a.out_channels, 0, a.in_channels};
+    cpu::gemm_packed(op, row0, row1, a.out_channels, StoreEpilogue{a.m + k * a.tiles * a.out_channels, a.out_channels});
+  }
+}
+
 }  // namespace
 
 // The tiles are split over PyTorch's own OpenMP threads (cpu::parallel_ranges): threads of a
@@ -163,6 +181,11 @@ void winograd_input_transform(const WinogradInputArgs& args) {
 
 void winograd_output_transform(const WinogradOutputArgs& args) {
   cpu::parallel_ranges(winograd_tiles(args.batch, args.height, args.width), args.threads, output_tiles_dispatch, &args);
+}
+
+void winograd_gemm(const WinogradGemmArgs& args) {
+  const int64_t blocks = (args.tiles + kWinogradGemmRows - 1) / kWinogradGemmRows;
+  cpu::parallel_ranges(args.positions * blocks, args.threads, gemm_items, &args);
 }
 
 }  // namespace glam_fast

@@ -44,4 +44,19 @@ struct WinogradOutputArgs {
 };
 void winograd_output_transform(const WinogradOutputArgs& args);
 
+// The GEMMs between the transforms: m_k = v_k u_k for each position k, v (P, T, C_in),
+// m (P, T, C_out), all contiguous; C_out % kWinogradChannelStep == 0; u_k (C_in, C_out) packed
+// in column panels (cpu_gemm.h's gemm_packed: the panel of columns c.. is C_in x 32 floats at
+// u_k + c * C_in, the last one 16 wide when C_out % 32 == 16), u_k at u + k * C_in * C_out.
+// Work items (position, block of kWinogradGemmRows tiles) split over `threads` threads.
+constexpr int64_t kWinogradGemmRows = 64;
+struct WinogradGemmArgs {
+  const float* v;
+  const float* u;
+  float* m;
+  int64_t positions, tiles, in_channels, out_channels;
+  int threads;
+};
+void winograd_gemm(const WinogradGemmArgs& args);
+
 }  // namespace glam_fast

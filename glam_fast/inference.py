@@ -20,11 +20,12 @@ module that computes the same logits with less work:
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
-- AFCN: conv2 (5x5, 64 -> 192) as a Winograd F(4x4, 5x5) convolution (4 multiplications per
-  output instead of 25) and conv3-5 (3x3, 192-384 channels) as Winograd F(4x4, 3x3) ones from a
-  few items per call up (2.25 instead of 9; :mod:`glam_fast.winograd`); the
-  per-layer masking beyond each item's length skipped for batches with no padding; the attention
-  reads the trunk's channels-last map as it is, its tanh fused into the projection.
+- Winograd convolutions (:mod:`glam_fast.winograd`: F(4x4, 5x5), 4 multiplications per output
+  instead of 25; F(4x4, 3x3), 2.25 instead of 9) where measured faster: GLAM's conv5 and, from
+  4 segments per call, its wider multi-scale branches; AFCN's conv2 (5x5, 64 -> 192) and conv3-5
+  (3x3, 192-384 channels, from 4 tiles per call).
+- AFCN: the per-layer masking beyond each item's length skipped for batches with no padding;
+  the attention reads the trunk's channels-last map as it is, its tanh fused into the projection.
 
 The choices that only pay off on some machines are arguments. The defaults (oneDNN, separate
 branches, channels-last, the micro-batch sizes) come from interleaved measurements on a 2-core CPU
@@ -93,11 +94,31 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- GLAM
 
 
+# Segments per call from which each of GLAM's convolutions runs as a Winograd layer
+# (glam_fast.winograd), by (kernel size, input channels); absent: never. Measured layer alone on 2
+# cores (AVX-512), Winograd against direct: conv5 (5x5, 128) 0.37-0.60 against 0.77-0.86 ms at
+# batch 1, 10.9 against 20.8 at 32; the 5x5 branches with 64 / 32 channels level at batch 1
+# (0.22 / 0.21 against 0.20 / 0.20 ms) and faster from 8 (0.64 / 0.60 against 1.35 / 1.31 ms; at 32
+# 2.5 / 3.2 against 5.4 / 5.5), the 3x3 with 64 slower at 1 and 2, faster at 8 and 32 (1.05 against
+# 1.78 ms). With 16 channels (block 2), and 3x3 with 32, Winograd was slower (block 2's 3x3 at
+# batch 32: 13.8 against 2.6 ms): the GEMMs are too thin for the transforms to pay.
+GLAM_WINOGRAD_FROM_BATCH = {(5, 128): 1, (5, 64): 4, (5, 32): 4, (3, 64): 4}
+
+
+def _glam_conv(weight: torch.Tensor, bias: torch.Tensor, padding: int, map_size: tuple[int, int], use_winograd: bool, onednn: bool, channels_last: bool) -> nn.Module:
+    """Convolution + ReLU of a GLAM layer on (B, C, *map_size) maps: a Winograd layer from the
+    batch :data:`GLAM_WINOGRAD_FROM_BATCH` gives (direct below it), else a direct one."""
+    from_batch = GLAM_WINOGRAD_FROM_BATCH.get((weight.shape[-1], weight.shape[1]))
+    if use_winograd and from_batch is not None and winograd.supported(weight, 1, padding):
+        return winograd.WinogradConvReLU(weight, bias, min_tiles=winograd.tiles(from_batch, *map_size))
+    return onednn_ops.ConvReLU(weight, bias, padding, onednn=onednn, channels_last=channels_last)
+
+
 class InferenceMultiScale(nn.Module):
     """GLAM's multi-scale block with BN and the identity folded: (B, C, H, W) -> (B, 2C, H', W'), ReLU
     applied, then (``pool=True``) 2x2 max-pooled: H' = H // 2, W' = W // 2."""
 
-    def __init__(self, block, merge: bool, onednn: bool, channels_last: bool):
+    def __init__(self, block, merge: bool, map_size: tuple[int, int], use_winograd: bool, onednn: bool, channels_last: bool):
         super().__init__()
         channels = block.conv3.in_channels
         w3 = block.conv3.weight.double() + _identity_kernel(channels, 3, torch.float64)
@@ -107,12 +128,13 @@ class InferenceMultiScale(nn.Module):
         weight, bias = fold_batch_norm(weight, bias, block.bn)
         dtype = block.conv3.weight.dtype
         weight, bias = weight.to(dtype), bias.to(dtype)
+        options = {"map_size": map_size, "use_winograd": use_winograd, "onednn": onednn, "channels_last": channels_last}
         if merge:
-            branches = [onednn_ops.ConvReLU(weight, bias, 2, onednn=onednn, channels_last=channels_last)]
+            branches = [_glam_conv(weight, bias, 2, **options)]
         else:
             branches = [
-                onednn_ops.ConvReLU(weight[:channels, :, 1:4, 1:4], bias[:channels], 1, onednn=onednn, channels_last=channels_last),
-                onednn_ops.ConvReLU(weight[channels:], bias[channels:], 2, onednn=onednn, channels_last=channels_last),
+                _glam_conv(weight[:channels, :, 1:4, 1:4].contiguous(), bias[:channels], 1, **options),
+                _glam_conv(weight[channels:], bias[channels:], 2, **options),
             ]
         self.branches = nn.ModuleList(branches)
 
@@ -142,6 +164,7 @@ class InferenceGLAM(nn.Module):
         onednn: bool,
         head_micro_batch: int | None = None,
         native_head: bool = False,
+        use_winograd: bool = False,
     ):
         super().__init__()
         self.shape, self.num_classes, self.fusion_dim = model.shape, model.num_classes, model.fusion_dim
@@ -153,11 +176,14 @@ class InferenceGLAM(nn.Module):
         # matmul whose output is already the height-concatenated map in NHWC order.
         self.stem_weight = _frozen(torch.stack([wa.reshape(-1, 3).t(), wb.reshape(-1, 3).t()]))  # (2, 3, 16)
         self.stem_bias = _frozen(torch.stack([ba, bb])[:, None, :])  # (2, 1, 16)
-        conv_options = {"onednn": onednn, "channels_last": channels_last}
-        self.block2 = InferenceMultiScale(model.conv2, merges[0], **conv_options)
-        self.block3 = InferenceMultiScale(model.conv3, merges[1], **conv_options)
-        self.block4 = InferenceMultiScale(model.conv4, merges[2], **conv_options)
-        self.conv5 = onednn_ops.ConvReLU(*fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5), 2, **conv_options)
+        conv_options = {"use_winograd": use_winograd, "onednn": onednn, "channels_last": channels_last}
+        size2 = (2 * self.shape[0], self.shape[1])  # the stem's height-concatenated map, then pooled by 2 per block
+        size3 = (size2[0] // 2, size2[1] // 2)
+        size4 = (size3[0] // 2, size3[1] // 2)
+        self.block2 = InferenceMultiScale(model.conv2, merges[0], size2, **conv_options)
+        self.block3 = InferenceMultiScale(model.conv3, merges[1], size3, **conv_options)
+        self.block4 = InferenceMultiScale(model.conv4, merges[2], size4, **conv_options)
+        self.conv5 = _glam_conv(*fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5), 2, size4, **conv_options)
         prenorm = model.gmlp.layers[0].fn  # _Residual(_PreNorm(_TokenShift(GatedMLPBlock)))
         gmlp = prenorm.fn.fn
         self.norm = _frozen_copy(prenorm.norm)
@@ -446,11 +472,13 @@ def prepare(
         head_micro_batch: GLAM only. Segments per call of the gMLP head within each micro-batch
             (its (n, 128, 364) activations then stay in the L2 cache); None: the whole
             micro-batch; "auto": :data:`GLAM_HEAD_MICRO_BATCH`.
-        use_winograd: AFCN only. Run conv2 as a Winograd F(4x4, 5x5) convolution and conv3-5 as
-            Winograd F(4x4, 3x3) ones (:mod:`glam_fast.winograd`) for calls of at least
-            :data:`glam_fast.winograd.MIN_TILES` tiles (conv2 always; conv3-5 from batch 2 at
-            257 x 201 or 257 x 300 input). None: wherever possible (oneDNN in use and the native
-            extension built); True: required (raises otherwise); False: direct convolutions only.
+        use_winograd: GLAM and AFCN. Run convolutions as Winograd F(4x4, 5x5) / F(4x4, 3x3) ones
+            (:mod:`glam_fast.winograd`) where measured faster: AFCN's conv2 always and conv3-5
+            from :data:`glam_fast.winograd.MIN_TILES` tiles per call (4: every 257 x 201 or
+            257 x 300 window); GLAM's conv5 always, its 5x5 branches with 32 and 64 channels and
+            3x3 branch with 64 from 4 segments per call (:data:`GLAM_WINOGRAD_FROM_BATCH`). None:
+            wherever possible (oneDNN in use and the native extension built); True: required
+            (raises otherwise); False: direct convolutions only.
         native_head: GLAM only. Run the gMLP head as one native call
             (:mod:`glam_fast.gmlp_head_cpu`). None: wherever possible (float32 on the CPU and the
             native extension built); True: required (raises otherwise); False: PyTorch ops.
@@ -464,8 +492,8 @@ def prepare(
     use_onednn = onednn_ops.resolve(onednn, param.device, param.dtype)
     if not isinstance(model, GLAM) and (merge_multiscale is not False or head_micro_batch != "auto"):
         raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
-    if not isinstance(model, AFCN) and use_winograd is not None:
-        raise ValueError(f"use_winograd applies to AFCN only, not to {type(model).__name__}")
+    if isinstance(model, MSSENet) and use_winograd is not None:
+        raise ValueError("use_winograd applies to GLAM and AFCN only, not to MSSENet")
     if not isinstance(model, GLAM) and native_head is not None:
         raise ValueError(f"native_head applies to GLAM only, not to {type(model).__name__}")
     head_possible = param.device.type == "cpu" and param.dtype == torch.float32 and gmlp_head_cpu.native_available()
@@ -482,12 +510,12 @@ def prepare(
         )
     micro_batch = _batch_size_option("micro_batch", micro_batch, next(size for cls, size in AUTO_MICRO_BATCH.items() if isinstance(model, cls)))
     head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
+    use_winograd = use_onednn and winograd_built if use_winograd is None else use_winograd
     if isinstance(model, GLAM):
         native_head = head_possible if native_head is None else native_head
-        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch, native_head)
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch, native_head, use_winograd)
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:
-        use_winograd = use_onednn and winograd_built if use_winograd is None else use_winograd
         prepared = InferenceAFCN(model, channels_last, use_onednn, micro_batch, use_winograd)
     return prepared.eval()

@@ -1,5 +1,5 @@
 """Winograd F(4x4, 3x3) and F(4x4, 5x5) convolution + bias + ReLU for CPU inference (AFCN's
-conv2-5).
+conv2-5, GLAM's conv5 and wider multi-scale branches).
 
 A k x k convolution (k = 3 or 5, stride 1, padding (k - 1) / 2) computed on (k + 3)-square input
 tiles that overlap by k - 1, each giving a 4x4 output tile (Lavin & Gray, "Fast Algorithms for
@@ -12,8 +12,10 @@ enough tiles per GEMM:
 
 - input transform ``v = B^T d B``: native (``glam_fast._C.winograd_input_transform``), its tiles
   split over PyTorch's OpenMP threads;
-- the P GEMMs: one ``torch.bmm`` up to :data:`BMM_MAX_TILES` tiles, above it P oneDNN
-  ``_linear_pointwise`` calls with the transformed weights packed once;
+- the P GEMMs: native (``glam_fast._C.winograd_gemm``: register tiles over weights packed once
+  in column panels, work items (position, block of tiles) split over the same threads) while
+  their output stays within :data:`NATIVE_GEMM_MAX_BYTES`, above it P oneDNN
+  ``_linear_pointwise`` calls with the weights packed in oneDNN's layout;
 - output transform ``relu(A^T m A + bias)``: native (``glam_fast._C.winograd_output_transform``).
 
 Numerics: the transforms' coefficients cost precision; in float32 the relative error against a
@@ -50,21 +52,21 @@ OUTPUT_TILE = 4  # every form computes 4x4 output tiles
 CHANNEL_STEP = 16  # the native transforms run 16 channels per vector step
 
 # Fewest tiles (B * ceil(H/4) * ceil(W/4)) per call for the Winograd path, per kernel size; below
-# it the direct convolution. Measured on 2 cores (AVX-512): for AFCN's conv3-5 on a 15 x 11 map
-# (12 tiles per item) at batch 1 Winograd took 5.9 ms against 3.5 direct (the 4x larger
-# transformed weights are streamed for 12-row GEMMs), at batch 2 5.3 against 6.1, at batch 8
-# 14.2 against 23.5. For a 5x5 layer (AFCN's conv2, 64 -> 192) every size measured was faster
-# than the direct convolution, down to 6 tiles (7 x 9 map) and 20 tiles (15 x 17: 0.40 against
-# 0.63 ms); at batch 1 of the 31 x 36 map (72 tiles) 1.9 against 3.3 ms.
-MIN_TILES = {3: 24, 5: 1}
+# it the direct convolution. Measured on 2 cores (AVX-512) with the native GEMM, layer alone: for
+# AFCN's conv4 (3x3, 384 -> 256) 1 tile 0.30 ms against 0.19 direct, 2 tiles 0.32 against 0.29,
+# 4 tiles 0.43 against 0.57, 12 tiles (its 15 x 11 map at batch 1) 0.90 against 1.5; conv3 and
+# conv5 at 12 tiles 0.61 / 0.64 against 1.1 / 0.98. For a 5x5 layer every size measured was
+# faster than the direct convolution (AFCN's conv2, 64 -> 192: 1.2 against 2.3 ms at batch 1,
+# 48 tiles; GLAM's conv5, 128 -> 128: 0.37-0.60 against 0.77-0.86 ms at 16 tiles). Layers with few
+# channels are another matter (the GEMMs are thin, the transforms the same): the callers choose
+# per layer (glam_fast.inference).
+MIN_TILES = {3: 4, 5: 1}
 
-# Most tiles for which the GEMMs run as one batched matmul (torch.bmm), per kernel size; above,
-# one oneDNN call per position with packed weights. Measured for AFCN's conv3-5 (36 positions,
-# K = 192-384): at 12 tiles bmm took 0.45-0.68 ms per layer against 0.93-1.08 for the oneDNN
-# calls, at 96 tiles level, at 384 tiles 11-16 ms against 10-14. For its conv2 (64 positions,
-# K = 64): 72 / 288 / 576 tiles 1.9 / 8.3 / 14.1 ms against 4.5 / 10.0 / 15.1, but 864 / 2304
-# tiles 36.6 / 105 ms against 16.9 / 51.
-BMM_MAX_TILES = {3: 96, 5: 576}
+# Largest output (P x tiles x C_out floats) of the native GEMM, in bytes. Above it the P GEMMs
+# run as oneDNN calls with one output each: glibc's malloc maps a buffer larger than 32 MB and
+# page-faults it on every call (AFCN's conv2 at 768 tiles: 23 ms native, 14 ms as 64 oneDNN calls;
+# at 384 tiles 6.1 against 8.3).
+NATIVE_GEMM_MAX_BYTES = 32 << 20
 
 # The native transforms split their tiles over PyTorch's own OpenMP threads (a parallel region of
 # the team of the runtime libtorch_cpu uses: _C.cpu_openmp_runtime()). Each PyTorch
@@ -144,6 +146,27 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(-1, *weight.shape[:2]).to(weight.dtype).contiguous()
 
 
+def pack_panels(u: torch.Tensor) -> torch.Tensor:
+    """(P, C_in, C_out) -> (P, C_in * C_out): each position's matrix in the column panels the
+    native GEMM streams (32 columns, C_in x 32 contiguous, then a last panel of 16 when C_out % 32
+    is 16); C_out a multiple of :data:`CHANNEL_STEP`."""
+    positions, c_in, c_out = u.shape
+    full = c_out // 32 * 32
+    panels = [u[:, :, :full].reshape(positions, c_in, full // 32, 32).permute(0, 2, 1, 3).reshape(positions, -1)]
+    if full < c_out:
+        panels.append(u[:, :, full:].reshape(positions, -1))
+    return torch.cat(panels, dim=1).contiguous()
+
+
+def unpack_panels(panels: torch.Tensor, c_in: int, c_out: int) -> torch.Tensor:
+    """The inverse of :func:`pack_panels`: (P, C_in * C_out) -> (P, C_in, C_out)."""
+    positions, full = panels.shape[0], c_out // 32 * 32
+    u = panels[:, : c_in * full].reshape(positions, full // 32, c_in, 32).permute(0, 2, 1, 3).reshape(positions, c_in, full)
+    if full < c_out:
+        u = torch.cat([u, panels[:, c_in * full :].reshape(positions, c_in, c_out - full)], dim=2)
+    return u.contiguous()
+
+
 def winograd_conv_relu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same algorithm in PyTorch ops, in x's dtype: x (B, C_in, H, W) -> (B, C_out, H, W).
 
@@ -186,6 +209,14 @@ def input_transform(x_nhwc: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return v
 
 
+def gemm(v: torch.Tensor, weight_panels: torch.Tensor, c_out: int) -> torch.Tensor:
+    """Native ``m[k] = v[k] @ u[k]``: v (P, tiles, C_in), u packed by :func:`pack_panels` ->
+    m (P, tiles, C_out), on ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
+    m = empty_output((v.shape[0], v.shape[1], c_out), dtype=v.dtype, device=v.device)
+    _native().winograd_gemm(_descriptor(v), _descriptor(weight_panels), _descriptor(m), torch.get_num_threads())
+    return m
+
+
 def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
     """Native ``relu(A^T m A + bias)``: P (tiles, C) GEMM outputs -> (B, H, W, C) contiguous, on
     ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
@@ -198,15 +229,15 @@ def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, wid
 
 class WinogradConvReLU(nn.Module):
     """``relu(conv2d(x, weight, bias, padding=k // 2))`` for a 3x3 or 5x5 layer (:func:`supported`):
-    the Winograd F(4x4, k x k) path from :data:`MIN_TILES` tiles up, the direct oneDNN
-    convolution below.
+    the Winograd F(4x4, k x k) path from ``min_tiles`` tiles per call up (default
+    :data:`MIN_TILES`; None: never), the direct oneDNN convolution below.
 
     x: (B, C_in, H, W) float32 on the CPU, any memory format -> (B, C_out, H, W) channels-last.
     Inference only: an input that requires grad (with grad mode on) runs the direct convolution's
     PyTorch ops.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, min_tiles: int | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, min_tiles: int | None | str = "auto"):
         super().__init__()
         kernel_size = weight.shape[-1] if weight.dim() == 4 else 0
         if not supported(weight, 1, kernel_size // 2):
@@ -215,11 +246,12 @@ class WinogradConvReLU(nn.Module):
             )
         _native()
         self.kernel_size = kernel_size
+        self.out_channels, self.in_channels = weight.shape[:2]
         self.direct = onednn_ops.ConvReLU(weight, bias, padding=kernel_size // 2, onednn=True, channels_last=True)
-        # (P, C_in, C_out): the right-hand side of the batched GEMM
-        self.weight_transformed = nn.Parameter(transform_weight(weight).transpose(1, 2).contiguous(), requires_grad=False)
-        self.min_tiles = MIN_TILES[kernel_size] if min_tiles is None else min_tiles
-        self._packed: list[torch.Tensor] | None = None
+        # (P, C_in * C_out): each position's (C_in, C_out) right-hand side in the native GEMM's panels
+        self.weight_panels = nn.Parameter(pack_panels(transform_weight(weight).transpose(1, 2)), requires_grad=False)
+        self.min_tiles = MIN_TILES[kernel_size] if min_tiles == "auto" else min_tiles
+        self._onednn_weights: list[torch.Tensor] | None = None
 
     @property
     def bias(self) -> torch.Tensor:
@@ -231,7 +263,7 @@ class WinogradConvReLU(nn.Module):
 
     def uses_winograd(self, x: torch.Tensor) -> bool:
         return (
-            self.onednn and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            self.min_tiles is not None and self.onednn and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and not (x.requires_grad and torch.is_grad_enabled()) and tiles(x.shape[0], x.shape[2], x.shape[3]) >= self.min_tiles
         )
 
@@ -241,24 +273,24 @@ class WinogradConvReLU(nn.Module):
         batch, _, height, width = x.shape
         n_tiles = tiles(batch, height, width)
         v = input_transform(x.permute(0, 2, 3, 1).contiguous(), self.kernel_size)  # (P, tiles, C_in)
-        if n_tiles <= BMM_MAX_TILES[self.kernel_size]:
-            m = torch.bmm(v, self.weight_transformed).unbind(0)  # P x (tiles, C_out)
+        if v.shape[0] * n_tiles * self.out_channels * 4 <= NATIVE_GEMM_MAX_BYTES:
+            m = gemm(v, self.weight_panels, self.out_channels).unbind(0)  # P x (tiles, C_out)
         else:
-            if self._packed is None:  # oneDNN's layout of each position's (C_out, C_in) weight
-                self._packed = [torch.ops.mkldnn._reorder_linear_weight(u.t().contiguous(), n_tiles) for u in self.weight_transformed]
-            m = [torch.ops.mkldnn._linear_pointwise(v_k, packed, None, "none", [], "") for v_k, packed in zip(v, self._packed)]
+            if self._onednn_weights is None:  # oneDNN's layout of each position's (C_out, C_in) weight
+                u = unpack_panels(self.weight_panels, self.in_channels, self.out_channels)
+                self._onednn_weights = [torch.ops.mkldnn._reorder_linear_weight(u_k.t().contiguous(), n_tiles) for u_k in u]
+            m = [torch.ops.mkldnn._linear_pointwise(v_k, w_k, None, "none", [], "") for v_k, w_k in zip(v, self._onednn_weights)]
         return output_transform(m, self.bias, height, width, self.kernel_size).permute(0, 3, 1, 2)
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moving or casting invalidates the packed weights
+        self._onednn_weights = None  # moving or casting invalidates the packed weights
         return super()._apply(fn, recurse)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_packed"] = None  # opaque oneDNN tensors: rebuilt on first use after a copy
+        state["_onednn_weights"] = None  # opaque oneDNN tensors: rebuilt on first use after a copy
         return state
 
     def extra_repr(self) -> str:
-        c_in, c_out = self.weight_transformed.shape[1:]
         k = self.kernel_size
-        return f"{c_in}, {c_out}, kernel_size=({k}, {k}), padding=({k // 2}, {k // 2}), min_tiles={self.min_tiles}"
+        return f"{self.in_channels}, {self.out_channels}, kernel_size=({k}, {k}), padding=({k // 2}, {k // 2}), min_tiles={self.min_tiles}"

@@ -152,16 +152,17 @@ class _CountOps(TorchDispatchMode):
 @needs_onednn
 def test_onednn_is_used_where_available():
     """On the CPU in float32 prepare() picks the fused oneDNN calls by default, and they are the
-    ones that run: every convolution (GLAM 2 per multi-scale block + conv5, MS-SENet's three
-    front-end branches, AFCN 4 and its 5x5 conv2 as a Winograd layer, whose GEMMs are one bmm),
-    GLAM's gMLP projections (input as value and gate halves, output) when its head is not the
-    native one (tests/test_gmlp_head_cpu.py) and AFCN's attention projection (tanh fused); no plain
-    convolution, GELU or tanh is left."""
+    ones that run: every convolution that is not a Winograd layer (tests/test_winograd.py; at
+    these sizes GLAM's conv5 and AFCN's conv2-5: GLAM 2 per multi-scale block + conv5, MS-SENet's
+    three front-end branches, AFCN's 5), GLAM's gMLP projections (input as value and gate halves,
+    output) when its head is not the native one (tests/test_gmlp_head_cpu.py) and AFCN's attention
+    projection (tanh fused); no plain convolution, GELU or tanh is left."""
     glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5), native_head=False)
     mssenet = prepare(randomize_batch_norm(MSSENet(num_classes=4, n_mfcc=13, n_blocks=3, n_filters=7), seed=5))
     afcn = prepare(AFCN(num_classes=3, attn_dim=8).eval())
     assert glam.onednn and mssenet.onednn and afcn.onednn
-    cases = ((glam, torch.randn(2, 1, 26, 57), 7, 3), (mssenet, torch.randn(2, 20, 13), 3, 0), (afcn, torch.randn(2, 3, 70, 97), 4 if winograd.native_available() else 5, 1))
+    native = winograd.native_available()
+    cases = ((glam, torch.randn(2, 1, 26, 57), 6 if native else 7, 3), (mssenet, torch.randn(2, 20, 13), 3, 0), (afcn, torch.randn(2, 3, 70, 97), 1 if native else 5, 1))
     for model, x, convs, linears in cases:
         with torch.inference_mode(), _CountOps() as counted:
             model(x)
@@ -175,7 +176,8 @@ def test_glam_head_runs_in_its_own_micro_batches():
     """Within a micro-batch, the gMLP head runs ``head_micro_batch`` segments per call (8 by
     default) while the convolutions run once for all; the logits are those of one call."""
     model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=7)
-    fast, whole = prepare(model, micro_batch=None, native_head=False), prepare(model, micro_batch=None, head_micro_batch=None, native_head=False)
+    options = {"micro_batch": None, "native_head": False, "use_winograd": False}
+    fast, whole = prepare(model, **options), prepare(model, head_micro_batch=None, **options)
     assert (fast.head_micro_batch, whole.head_micro_batch, prepare(model, head_micro_batch=3).head_micro_batch) == (8, None, 3)
     x = torch.randn(11, 1, 26, 57)
     for module, head_calls in ((fast, 2), (whole, 1)):  # 8 + 3 segments, or 11 at once

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from glam_fast import AFCN, GLAM, onednn, winograd
 from glam_fast.inference import prepare
 from tests.helpers import rel_err
+from tests.score_helpers import randomize_batch_norm
 from tests.test_inference import reference64
 
 needs_native = pytest.mark.skipif(
@@ -93,11 +94,11 @@ def test_algorithm_in_float64_is_the_convolution(shape, kernel_size):
 
 @needs_native
 @pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
-@pytest.mark.parametrize("gemm", ["bmm", "onednn"])
+@pytest.mark.parametrize("gemm", ["native", "onednn"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_native_path_matches_the_convolution(shape, gemm, kernel_size, monkeypatch):
-    """Both ways of running the GEMMs: one batched matmul (small calls) or oneDNN calls."""
-    monkeypatch.setattr(winograd, "BMM_MAX_TILES", dict.fromkeys(winograd.KERNEL_SIZES, 10**9 if gemm == "bmm" else 0))
+    """Both ways of running the GEMMs: the native GEMM or oneDNN calls (large outputs)."""
+    monkeypatch.setattr(winograd, "NATIVE_GEMM_MAX_BYTES", 1 << 40 if gemm == "native" else 0)
     batch, c_in, c_out, h, w = shape
     weight, bias = _layer(c_in, c_out, seed=h + w, kernel_size=kernel_size)
     x = torch.randn(batch, c_in, h, w).contiguous(memory_format=torch.channels_last)
@@ -267,33 +268,77 @@ def test_prepared_afcn_runs_conv2_to_conv5_as_winograd(monkeypatch):
 
 
 def test_use_winograd_is_checked():
-    with pytest.raises(ValueError, match="use_winograd applies to AFCN only, not to GLAM"):
-        prepare(GLAM((26, 57), 4), use_winograd=True)
+    from glam_fast import MSSENet
+
+    with pytest.raises(ValueError, match="use_winograd applies to GLAM and AFCN only, not to MSSENet"):
+        prepare(MSSENet(4), use_winograd=True)
     with pytest.raises(RuntimeError, match=r"use_winograd=True\) needs the oneDNN path"):
         prepare(AFCN(3), onednn=False, use_winograd=True)
 
 
 @needs_native
 @pytest.mark.parametrize("kernel_size", winograd.KERNEL_SIZES)
-def test_gemms_run_batched_for_small_calls_and_as_onednn_calls_above(kernel_size):
-    """Up to BMM_MAX_TILES tiles the P GEMMs are one bmm, above it P oneDNN calls."""
+def test_gemms_run_native_up_to_the_output_limit_and_as_onednn_calls_above(kernel_size, monkeypatch):
+    """While the GEMM output (P x tiles x C_out floats) is within NATIVE_GEMM_MAX_BYTES the P GEMMs
+    are one native call, above it P oneDNN calls; no PyTorch matmul or convolution either way."""
     from tests.test_inference import _CountOps
 
     weight, bias = _layer(16, 16, seed=9, kernel_size=kernel_size)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
-    per_item, most = winograd.tiles(1, 8, 8), winograd.BMM_MAX_TILES[kernel_size]
-    small, large = most // per_item, most // per_item + 1
-    for batch, bmm_calls, onednn_calls in ((small, 1, 0), (large, 0, winograd.positions(kernel_size))):
+    per_item = winograd.tiles(1, 8, 8)
+    monkeypatch.setattr(winograd, "NATIVE_GEMM_MAX_BYTES", winograd.positions(kernel_size) * 3 * per_item * 16 * 4)
+    native_calls = []
+    real_gemm = winograd.gemm
+    monkeypatch.setattr(winograd, "gemm", lambda v, u, c: native_calls.append(v.shape[1]) or real_gemm(v, u, c))
+    for batch, native, onednn_calls in ((3, [3 * per_item], 0), (4, [], winograd.positions(kernel_size))):
+        native_calls.clear()
         x = torch.randn(batch, 16, 8, 8)
         with torch.inference_mode(), _CountOps() as counted:
             out = layer(x)
-        assert (counted.calls["aten.bmm"], counted.calls["mkldnn._linear_pointwise"]) == (bmm_calls, onednn_calls), counted.calls
-        assert "aten.convolution" not in counted.calls and "mkldnn._convolution_pointwise" not in counted.calls
+        assert native_calls == native and counted.calls["mkldnn._linear_pointwise"] == onednn_calls, counted.calls
+        assert not any(op in counted.calls for op in ("aten.bmm", "aten.mm", "aten.convolution", "mkldnn._convolution_pointwise")), counted.calls
         assert rel_err(out, _direct64(x, weight, bias)) < 1e-5
 
 
+# (positions, tiles, C_in, C_out): tiles across the 64-row work items and the 8 / 4 / 2 / 1-row
+# tiles, C_out with and without a 16-column last panel, C_in of one.
+GEMM_SHAPES = [(36, 12, 384, 256), (64, 1, 64, 192), (4, 130, 16, 48), (3, 7, 1, 16), (2, 64, 33, 80), (5, 71, 20, 32)]
+
+
 @needs_native
-def test_used_layer_copies_pickles_and_casts():
+@pytest.mark.parametrize("shape", GEMM_SHAPES)
+def test_native_gemm_matches_float64_matmul(shape):
+    positions, n_tiles, c_in, c_out = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    v, u = torch.randn(positions, n_tiles, c_in, generator=g), torch.randn(positions, c_in, c_out, generator=g)
+    panels = winograd.pack_panels(u)
+    assert panels.shape == (positions, c_in * c_out)
+    assert torch.equal(winograd.unpack_panels(panels, c_in, c_out), u)
+    m = winograd.gemm(v, panels, c_out)
+    assert m.shape == (positions, n_tiles, c_out)
+    assert rel_err(m, torch.bmm(v.double(), u.double())) < 1e-6
+
+
+@needs_native
+def test_native_gemm_checks_its_arguments():
+    d, native = winograd._descriptor, winograd._native()
+    v, m = torch.randn(4, 5, 16), torch.empty(4, 5, 32)
+    panels = winograd.pack_panels(torch.randn(4, 16, 32))
+    native.winograd_gemm(d(v), d(panels), d(m))
+    with pytest.raises(ValueError, match=r"u must have shape \(P, C_in \* C_out\)"):
+        native.winograd_gemm(d(v), d(panels[:, :-16]), d(m))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native.winograd_gemm(d(v), d(torch.randn(4, 16 * 24)), d(torch.empty(4, 5, 24)))
+    with pytest.raises(ValueError, match=r"m must have shape"):
+        native.winograd_gemm(d(v), d(panels), d(torch.empty(3, 5, 32)))
+    with pytest.raises(TypeError, match="float32"):
+        native.winograd_gemm(d(v.double()), d(panels), d(m))
+    with pytest.raises(ValueError, match="contiguous"):
+        native.winograd_gemm(d(torch.randn(4, 16, 5).transpose(1, 2)), d(panels), d(m))
+
+
+@needs_native
+def test_used_layer_copies_pickles_and_casts(monkeypatch):
     """The packed oneDNN weights are a cache: a deep copy or pickle of a layer that has used them
     gives the same output; cast to float64 it leaves the Winograd path and still matches."""
     import copy
@@ -301,12 +346,34 @@ def test_used_layer_copies_pickles_and_casts():
 
     weight, bias = _layer(16, 32, seed=10)
     layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
-    x = torch.randn(winograd.BMM_MAX_TILES[3] + 1, 16, 3, 3)  # one tile per item: the oneDNN GEMM path
+    monkeypatch.setattr(winograd, "NATIVE_GEMM_MAX_BYTES", 0)  # the oneDNN GEMM path
+    x = torch.randn(7, 16, 3, 3)
     with torch.inference_mode():
         out = layer(x)
-        assert layer._packed is not None
+        assert layer._onednn_weights is not None
         assert torch.equal(copy.deepcopy(layer)(x), out)
         assert torch.equal(pickle.loads(pickle.dumps(layer))(x), out)
         as_double = copy.deepcopy(layer).double()
         assert not as_double.uses_winograd(x.double())
         assert rel_err(as_double(x.double()), _direct64(x, weight, bias)) < 1e-12
+
+
+@needs_native
+def test_prepared_glam_runs_its_winograd_layers_from_their_batch_sizes(monkeypatch):
+    """GLAM's conv5 is a Winograd layer at every batch size, the 5x5 branches of blocks 3 and 4 and
+    block 4's 3x3 branch from 4 segments per call (GLAM_WINOGRAD_FROM_BATCH), block 2 never; the
+    logits equal the reference either way, and use_winograd=False runs none."""
+    from glam_fast.inference import GLAM_WINOGRAD_FROM_BATCH
+
+    assert GLAM_WINOGRAD_FROM_BATCH[(5, 128)] == 1 and GLAM_WINOGRAD_FROM_BATCH[(5, 64)] == 4
+    model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=11)
+    fast, direct = prepare(model, micro_batch=None), prepare(model, micro_batch=None, use_winograd=False)
+    calls = _record_input_transforms(monkeypatch)
+    for batch, expected in ((1, [5]), (3, [5]), (5, [5, 3, 5, 5])):
+        calls.clear()
+        x = torch.randn(batch, 1, 26, 57)
+        with torch.inference_mode():
+            assert rel_err(fast(x), reference64(model, x)) < 1e-5
+            assert calls == expected, (batch, calls)
+            assert rel_err(direct(x), reference64(model, x)) < 1e-5
+            assert calls == expected
