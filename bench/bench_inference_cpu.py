@@ -22,8 +22,8 @@ the EmoDB length; AFCN: (B, 3, 257, 201), 2 s at 16 kHz):
   forward, e.g. pooling, counts against it);
 - GLAM and AFCN: ``prepared-direct``: ``prepare(model, use_winograd=False)`` (direct oneDNN
   convolutions only, no Winograd layers);
-- GLAM: ``prepared-pytorch-head``: ``prepare(model, native_head=False)`` (the gMLP head as PyTorch
-  and oneDNN ops instead of the native call);
+- GLAM: ``prepared-pytorch-ops``: ``prepare(model, native=False)`` (the stem, the pooled
+  concatenations and the gMLP head as PyTorch and oneDNN ops instead of native calls);
 - GLAM: ``prepared-head-whole`` (the gMLP head on the whole micro-batch instead of chunks of 8);
 - GLAM: ``prepared-merged`` (each multi-scale block as one 5x5 convolution C -> 2C); with
   ``GLAM_FAST_BENCH_VARIANTS=all`` also ``prepared-whole-batch`` (no micro-batches),
@@ -61,7 +61,7 @@ GLAM_VARIANTS = {
     **PEERS_AND_PREPARED,
     "prepared-plain": {"onednn": False},
     "prepared-merged": {"merge_multiscale": True},
-    "prepared-pytorch-head": {"native_head": False},
+    "prepared-pytorch-ops": {"native": False},
     "prepared-direct": {"use_winograd": False},
     "prepared-head-whole": {"head_micro_batch": None},
     **CONVOLUTIONS_ONLY,

@@ -6,7 +6,7 @@ so that the drift of a shared machine's speed cancels.
 
 The variants are some of ``bench/bench_inference_cpu.py``'s: the eager reference,
 ``torch.compile(reference)``, ``prepare(model)``, for GLAM and AFCN the prepared module's
-convolution calls alone, for GLAM ``prepare(model, native_head=False)``, and for GLAM and AFCN
+convolution calls alone, for GLAM ``prepare(model, native=False)``, and for GLAM and AFCN
 ``prepare(model, use_winograd=False)``; the same models,
 inputs and items per round. There, each variant runs all its rounds before the next one starts,
 so a machine that slows down between two variants changes their ratio. Here every round runs
@@ -37,13 +37,13 @@ from bench.timing import quantile
 SCHEMA = "glam_fast.cpu-paired/1"
 MODELS = ("glam", "mssenet", "afcn")
 REFERENCE, COMPILED, PREPARED, CONVOLUTIONS = "reference", "compiled-reference", "prepared", "prepared-convolutions-only"
-PYTORCH_HEAD = "prepared-pytorch-head"
+PYTORCH_OPS = "prepared-pytorch-ops"
 DIRECT = "prepared-direct"
 
 
 # What is timed per model; bench_inference_cpu builds each variant (_runner), as for its own cases.
 PAIRED_VARIANTS = {
-    "glam": (REFERENCE, COMPILED, PREPARED, PYTORCH_HEAD, DIRECT, CONVOLUTIONS),
+    "glam": (REFERENCE, COMPILED, PREPARED, PYTORCH_OPS, DIRECT, CONVOLUTIONS),
     "mssenet": (REFERENCE, COMPILED, PREPARED),
     "afcn": (REFERENCE, COMPILED, PREPARED, DIRECT, CONVOLUTIONS),
 }

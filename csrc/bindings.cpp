@@ -12,7 +12,9 @@
 #include "build_config.h"
 #include "ops.h"
 #include "cpu_parallel.h"
+#include "glam_stem_cpu.h"
 #include "gmlp_head_cpu.h"
+#include "pool_concat_cpu.h"
 #include "runtime_info.h"
 #include "winograd_cpu.h"
 
@@ -320,18 +322,33 @@ void winograd_input_transform(py::handle x_obj, py::handle v_obj, int64_t kernel
   glam_fast::winograd_input_transform(args);
 }
 
-void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle bias_obj, py::handle y_obj, int64_t kernel_size, int threads) {
+// m: one (P, tiles, C) tensor (the native GEMM's output), or a list of P (tiles, C) tensors (one
+// per oneDNN call).
+void winograd_output_transform(py::handle m_arg, py::handle bias_obj, py::handle y_obj, int64_t kernel_size, int threads) {
   const Checker check("winograd_output_transform", Where::kHost);
   const TensorRef bias = check.tensor(bias_obj, "bias"), y = check.tensor(y_obj, "y");
   const WinogradGeometry g = winograd_geometry(check, y, kernel_size, threads);
   check.dtype(bias, "float32");
   check.shape(bias, {g.channels}, "(C,)");
   check.contiguous(bias, "(C,)");
+  std::vector<const float*> m(g.positions);
+  if (!py::isinstance<py::list>(m_arg)) {
+    const TensorRef all = check.tensor(m_arg, "m");
+    check.dtype(all, "float32");
+    check.shape(all, {g.positions, g.tiles, g.channels}, "(P, tiles, C)");
+    check.contiguous(all, "(P, tiles, C)");
+    for (int64_t k = 0; k < g.positions; ++k) m[k] = reinterpret_cast<const float*>(all.ptr) + k * g.tiles * g.channels;
+    const glam_fast::WinogradOutputArgs args{m.data(), reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(y.ptr),
+                                             g.batch, g.height, g.width, g.channels, kernel_size, threads};
+    py::gil_scoped_release release;
+    glam_fast::winograd_output_transform(args);
+    return;
+  }
+  const auto m_objs = m_arg.cast<std::vector<py::handle>>();
   if (static_cast<int64_t>(m_objs.size()) != g.positions) {
     check.value_error("m must hold the " + std::to_string(g.positions) + " GEMM outputs of a " + std::to_string(kernel_size) + "x" +
                       std::to_string(kernel_size) + " kernel, got " + std::to_string(m_objs.size()));
   }
-  std::vector<const float*> m(g.positions);
   for (int64_t k = 0; k < g.positions; ++k) {
     const std::string name = "m[" + std::to_string(k) + "]";
     const TensorRef t = check.tensor(m_objs[k], name.c_str());
@@ -344,6 +361,61 @@ void winograd_output_transform(const std::vector<py::handle>& m_objs, py::handle
                                            g.batch, g.height, g.width, g.channels, kernel_size, threads};
   py::gil_scoped_release release;
   glam_fast::winograd_output_transform(args);
+}
+
+// ---- GLAM's stem and pooled concatenation (CPU) ----------------------------------------------
+
+void glam_stem_cpu(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle out_obj, int threads) {
+  const Checker check("glam_stem_cpu", Where::kHost);
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  const TensorRef x = check.tensor(x_obj, "x"), weight = check.tensor(weight_obj, "weight");
+  const TensorRef bias = check.tensor(bias_obj, "bias"), out = check.tensor(out_obj, "out");
+  const int64_t C = glam_fast::kStemCpuChannels;
+  for (const TensorRef* t : {&x, &weight, &bias, &out}) check.dtype(*t, "float32");
+  check.shape(x, {-1, 1, -1, -1}, "(B, 1, H, W)");
+  check.contiguous(x, "(B, 1, H, W)");
+  const int64_t batch = x.shape[0], height = x.shape[2], width = x.shape[3];
+  check.shape(weight, {2, 3, C}, "(2, 3, 16)");
+  check.contiguous(weight, "(2, 3, 16)");
+  check.shape(bias, {2, C}, "(2, 16)");
+  check.contiguous(bias, "(2, 16)");
+  check.shape(out, {batch, 2 * height, width, C}, "(B, 2H, W, 16)");
+  check.contiguous(out, "(B, 2H, W, 16)");
+  const glam_fast::StemCpuArgs args{reinterpret_cast<const float*>(x.ptr), reinterpret_cast<const float*>(weight.ptr),
+                                    reinterpret_cast<const float*>(bias.ptr), reinterpret_cast<float*>(out.ptr), batch, height, width, threads};
+  py::gil_scoped_release release;
+  glam_fast::glam_stem_cpu(args);
+}
+
+void pool_concat_cpu(const std::vector<py::handle>& map_objs, py::handle out_obj, int threads) {
+  const Checker check("pool_concat_cpu", Where::kHost);
+  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  if (map_objs.empty()) check.value_error("needs at least one map");
+  const TensorRef out = check.tensor(out_obj, "out");
+  glam_fast::PoolConcatArgs args;
+  int64_t total = 0;
+  for (size_t i = 0; i < map_objs.size(); ++i) {
+    const std::string name = "maps[" + std::to_string(i) + "]";
+    const TensorRef t = check.tensor(map_objs[i], name.c_str());
+    check.dtype(t, "float32");
+    check.shape(t, {i ? args.batch : -1, i ? args.height : -1, i ? args.width : -1, -1}, "(B, H, W, C_i), B H W as maps[0]");
+    check.contiguous(t, "(B, H, W, C_i) channels-last");
+    if (i == 0) args.batch = t.shape[0], args.height = t.shape[1], args.width = t.shape[2];
+    if (t.shape[3] % glam_fast::kPoolConcatChannelStep != 0) {
+      check.value_error(name + " has " + std::to_string(t.shape[3]) + " channels; a multiple of " +
+                        std::to_string(glam_fast::kPoolConcatChannelStep) + " is needed");
+    }
+    args.maps.push_back(reinterpret_cast<const float*>(t.ptr));
+    args.channels.push_back(t.shape[3]);
+    total += t.shape[3];
+  }
+  check.dtype(out, "float32");
+  check.shape(out, {args.batch, args.height / 2, args.width / 2, total}, "(B, H / 2, W / 2, sum C_i)");
+  check.contiguous(out, "(B, H / 2, W / 2, sum C_i)");
+  args.out = reinterpret_cast<float*>(out.ptr);
+  args.threads = threads;
+  py::gil_scoped_release release;
+  glam_fast::pool_concat_cpu(args);
 }
 
 // ---- GLAM's gMLP head (CPU) ----------------------------------------------------------------
@@ -449,12 +521,17 @@ PYBIND11_MODULE(_C, m) {
         "(padding (k - 1) / 2 implied) -> v (P, tiles, C), P = (k + 3)^2, tiles = B * ceil(H/4) * ceil(W/4); the tiles "
         "split over `threads` of PyTorch's OpenMP threads.");
   m.def("winograd_output_transform", &winograd_output_transform, py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("kernel_size"), py::arg("threads") = 1,
-        "Winograd F(4x4, k x k) output transform on the CPU: the P (tiles, C) GEMM outputs m -> "
-        "y (B, H, W, C) NHWC = relu(A^T m A + bias).");
+        "Winograd F(4x4, k x k) output transform on the CPU: the GEMM outputs m, one (P, tiles, C) tensor or a list of "
+        "P (tiles, C) ones -> y (B, H, W, C) NHWC = relu(A^T m A + bias).");
   m.def("winograd_gemm", &winograd_gemm, py::arg("v"), py::arg("u"), py::arg("m"), py::arg("threads") = 1,
         "The GEMMs of a Winograd convolution on the CPU: m[k] = v[k] @ u[k] for v (P, tiles, C_in), m (P, tiles, C_out) "
         "float32 contiguous (C_out a multiple of 16), u (P, C_in * C_out) each u[k] packed in column panels "
         "(glam_fast.winograd.pack_panels); split over `threads` of PyTorch's OpenMP threads.");
+  m.def("glam_stem_cpu", &glam_stem_cpu, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("threads") = 1,
+        "GLAM's stem on the CPU (csrc/glam_stem_cpu.h): x (B, 1, H, W) float32, taps weight (2, 3, 16), bias (2, 16) -> "
+        "out (B, 2H, W, 16) = relu of both 3-tap convolutions, height-concatenated, channels-last.");
+  m.def("pool_concat_cpu", &pool_concat_cpu, py::arg("maps"), py::arg("out"), py::arg("threads") = 1,
+        "2x2 max pooling (stride 2) of channels-last maps (B, H, W, C_i) written side by side: out (B, H / 2, W / 2, sum C_i).");
   m.def("gmlp_head", &gmlp_head, py::arg("tokens"), py::arg("weights"), py::arg("scratch"), py::arg("out"), py::arg("norm_eps"),
         py::arg("gate_norm_eps"), py::arg("threads") = 1,
         "GLAM's gMLP head on the CPU (csrc/gmlp_head_cpu.h): tokens (B, S, D) float32 -> out (B, S, D) = relu(x) before the "

@@ -1,7 +1,7 @@
-// Winograd F(4x4, 3x3) and F(4x4, 5x5) input and output transforms on the CPU (see
-// winograd_cpu.h). Memory-bound loops over tiles, vectorised over 16 channels with GCC vector
-// types (cpu_vector.h); built for AVX-512, AVX2 and baseline x86-64, chosen at load time
-// (target_clones).
+// Winograd F(4x4, 3x3) and F(4x4, 5x5) on the CPU (see winograd_cpu.h): the input and output
+// transforms, memory-bound loops over tiles vectorised over 16 channels with GCC vector types
+// (cpu_vector.h), and the GEMMs between them (cpu_gemm.h's register tiles); built for AVX-512,
+// AVX2 and baseline x86-64, chosen at load time (target_clones).
 #include "winograd_cpu.h"
 
 #include <algorithm>

@@ -1,7 +1,8 @@
-// CPU transforms of the Winograd convolutions F(4x4, 3x3) and F(4x4, 5x5) (stride 1, "same"
-// padding) that glam_fast.winograd runs between oneDNN GEMMs: one GEMM per position of the
-// transformed tile (6x6 = 36 for 3x3 kernels, 8x8 = 64 for 5x5), at 2.25 (3x3) or 4 (5x5)
-// multiplications per output instead of 9 or 25. Plain C++ (no torch headers).
+// The CPU parts of the Winograd convolutions F(4x4, 3x3) and F(4x4, 5x5) (stride 1, "same"
+// padding) that glam_fast.winograd runs: the input and output transforms and the GEMMs between
+// them, one per position of the transformed tile (6x6 = 36 for 3x3 kernels, 8x8 = 64 for 5x5),
+// at 2.25 (3x3) or 4 (5x5) multiplications per output instead of 9 or 25. Plain C++ (no torch
+// headers).
 #pragma once
 
 #include <cstdint>

@@ -13,10 +13,13 @@ module that computes the same logits with less work:
 - **Channels-last** activations, so oneDNN does not reorder between layers (GLAM, AFCN).
 - **Micro-batches**: a large batch runs a few items at a time so that each layer's activations
   stay in the CPU cache (GLAM's gMLP head in smaller ones again).
-- GLAM: the stem's two 3-tap convolutions as one small matmul that writes the height-concatenated
-  map directly; each multi-scale branch max-pooled before the concatenation; the gMLP head as
-  one native call (:mod:`glam_fast.gmlp_head_cpu`: GEMM tiles with the bias, GELU, LayerNorm,
-  gate and residual applied in registers).
+- GLAM: native calls for the rest of the forward (``native=True``, the default where the
+  extension is built): the stem's two 3-tap convolutions in one pass that writes the
+  height-concatenated map channels-last (:mod:`glam_fast.glam_stem_cpu`), each block's pooling
+  and concatenation in one pass (:mod:`glam_fast.pool_concat_cpu`), the gMLP head in one call
+  (:mod:`glam_fast.gmlp_head_cpu`: GEMM tiles with the bias, GELU, LayerNorm, gate and residual
+  applied in registers). Without them, the same in PyTorch ops: the stem as one small matmul,
+  each branch max-pooled before the concatenation.
 - MS-SENet: both time directions in every call (grouped front-end convolutions, block-diagonal
   GEMMs for the temporal blocks); the squeeze-and-excitation scale folded into the collapse, and
   the (2·39, T, 117) front-end map never concatenated (see :class:`InferenceMSSENet`).
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glam_fast import gmlp_head_cpu
+from glam_fast import glam_stem_cpu, gmlp_head_cpu, pool_concat_cpu
 from glam_fast import onednn as onednn_ops
 from glam_fast import winograd
 from glam_fast.models import AFCN, GLAM, MSSENet
@@ -118,8 +121,9 @@ class InferenceMultiScale(nn.Module):
     """GLAM's multi-scale block with BN and the identity folded: (B, C, H, W) -> (B, 2C, H', W'), ReLU
     applied, then (``pool=True``) 2x2 max-pooled: H' = H // 2, W' = W // 2."""
 
-    def __init__(self, block, merge: bool, map_size: tuple[int, int], use_winograd: bool, onednn: bool, channels_last: bool):
+    def __init__(self, block, merge: bool, map_size: tuple[int, int], use_winograd: bool, onednn: bool, channels_last: bool, native: bool = False):
         super().__init__()
+        self.native = native  # pooling + concatenation as one native call (glam_fast.pool_concat_cpu)
         channels = block.conv3.in_channels
         w3 = block.conv3.weight.double() + _identity_kernel(channels, 3, torch.float64)
         w5 = block.conv5.weight.double() + _identity_kernel(channels, 5, torch.float64)
@@ -139,9 +143,11 @@ class InferenceMultiScale(nn.Module):
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor, pool: bool) -> torch.Tensor:
-        # Pooling each branch before the concatenation (max and ReLU commute with it) copies a
-        # quarter of the data.
-        outs = [F.max_pool2d(branch(x), 2) if pool else branch(x) for branch in self.branches]
+        outs = [branch(x) for branch in self.branches]
+        if pool and self.native and pool_concat_cpu.applies(outs):
+            return pool_concat_cpu.pool_concat(outs)
+        if pool:  # each branch pooled before the concatenation (max and ReLU commute with it): a quarter of the copy
+            return pool_concat_cpu.pool_concat_reference(outs)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
@@ -163,7 +169,7 @@ class InferenceGLAM(nn.Module):
         micro_batch: int | None,
         onednn: bool,
         head_micro_batch: int | None = None,
-        native_head: bool = False,
+        native: bool = False,
         use_winograd: bool = False,
     ):
         super().__init__()
@@ -176,13 +182,14 @@ class InferenceGLAM(nn.Module):
         # matmul whose output is already the height-concatenated map in NHWC order.
         self.stem_weight = _frozen(torch.stack([wa.reshape(-1, 3).t(), wb.reshape(-1, 3).t()]))  # (2, 3, 16)
         self.stem_bias = _frozen(torch.stack([ba, bb])[:, None, :])  # (2, 1, 16)
+        self.native = native  # the stem, pooled concatenations and gMLP head as native calls
         conv_options = {"use_winograd": use_winograd, "onednn": onednn, "channels_last": channels_last}
         size2 = (2 * self.shape[0], self.shape[1])  # the stem's height-concatenated map, then pooled by 2 per block
         size3 = (size2[0] // 2, size2[1] // 2)
         size4 = (size3[0] // 2, size3[1] // 2)
-        self.block2 = InferenceMultiScale(model.conv2, merges[0], size2, **conv_options)
-        self.block3 = InferenceMultiScale(model.conv3, merges[1], size3, **conv_options)
-        self.block4 = InferenceMultiScale(model.conv4, merges[2], size4, **conv_options)
+        self.block2 = InferenceMultiScale(model.conv2, merges[0], size2, native=native, **conv_options)
+        self.block3 = InferenceMultiScale(model.conv3, merges[1], size3, native=native, **conv_options)
+        self.block4 = InferenceMultiScale(model.conv4, merges[2], size4, native=native, **conv_options)
         self.conv5 = _glam_conv(*fold_batch_norm(model.conv5.weight, model.conv5.bias, model.bn5), 2, size4, **conv_options)
         prenorm = model.gmlp.layers[0].fn  # _Residual(_PreNorm(_TokenShift(GatedMLPBlock)))
         gmlp = prenorm.fn.fn
@@ -200,7 +207,7 @@ class InferenceGLAM(nn.Module):
         self.fc = _frozen_copy(model.fc)
         # The same head as one native call (None: the PyTorch ops above, which also run where it
         # does not apply: a module cast to float64, an input that requires grad).
-        self.native_head = gmlp_head_cpu.NativeGMLPHead(model.gmlp) if native_head else None
+        self.native_head = gmlp_head_cpu.NativeGMLPHead(model.gmlp) if native else None
 
     @property
     def onednn(self) -> bool:
@@ -212,13 +219,9 @@ class InferenceGLAM(nn.Module):
         return _in_micro_batches(self._forward, x, self.micro_batch)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        padded = F.pad(x[:, 0], (1, 1, 1, 1))  # (B, H + 2, W + 2)
-        taps_a = padded[:, :, 1 : width + 1].unfold(1, 3, 1)  # (B, H, W, 3): the 3 taps along H
-        taps_b = padded[:, 1 : height + 1].unfold(2, 3, 1)  # (B, H, W, 3): the 3 taps along W
-        taps = torch.stack((taps_a, taps_b), dim=1).view(batch, 2, height * width, 3)
-        stem = torch.matmul(taps, self.stem_weight).add_(self.stem_bias).relu_()  # (B, 2, H*W, 16)
-        x = stem.view(batch, 2 * height, width, -1).permute(0, 3, 1, 2)  # (B, 16, 2H, W), channels-last
+        native_stem = self.native and x.device.type == "cpu" and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
+        stem = (glam_stem_cpu.glam_stem if native_stem else glam_stem_cpu.glam_stem_reference)(x, self.stem_weight, self.stem_bias)
+        x = stem.permute(0, 3, 1, 2)  # (B, 16, 2H, W), channels-last
         if not self.channels_last:
             x = x.contiguous()
         x = self.block2(x, pool=True)
@@ -450,7 +453,7 @@ def prepare(
     onednn: bool | None = None,
     head_micro_batch: int | None | str = "auto",
     use_winograd: bool | None = None,
-    native_head: bool | None = None,
+    native: bool | None = None,
 ) -> nn.Module:
     """The inference-only form of a reference ``GLAM``, ``MSSENet`` or ``AFCN`` (same logits).
 
@@ -479,8 +482,9 @@ def prepare(
             3x3 branch with 64 from 4 segments per call (:data:`GLAM_WINOGRAD_FROM_BATCH`). None:
             wherever possible (oneDNN in use and the native extension built); True: required
             (raises otherwise); False: direct convolutions only.
-        native_head: GLAM only. Run the gMLP head as one native call
-            (:mod:`glam_fast.gmlp_head_cpu`). None: wherever possible (float32 on the CPU and the
+        native: GLAM only. Run the stem, each block's pooling + concatenation and the gMLP head
+            as native calls (:mod:`glam_fast.glam_stem_cpu`, :mod:`glam_fast.pool_concat_cpu`,
+            :mod:`glam_fast.gmlp_head_cpu`). None: wherever possible (float32 on the CPU and the
             native extension built); True: required (raises otherwise); False: PyTorch ops.
 
     Returns an eval-mode module on the model's device and dtype that takes the same input as the
@@ -494,13 +498,14 @@ def prepare(
         raise ValueError(f"merge_multiscale and head_micro_batch apply to GLAM only, not to {type(model).__name__}")
     if isinstance(model, MSSENet) and use_winograd is not None:
         raise ValueError("use_winograd applies to GLAM and AFCN only, not to MSSENet")
-    if not isinstance(model, GLAM) and native_head is not None:
-        raise ValueError(f"native_head applies to GLAM only, not to {type(model).__name__}")
-    head_possible = param.device.type == "cpu" and param.dtype == torch.float32 and gmlp_head_cpu.native_available()
-    if native_head and not head_possible:
+    if not isinstance(model, GLAM) and native is not None:
+        raise ValueError(f"native applies to GLAM only, not to {type(model).__name__}")
+    native_built = gmlp_head_cpu.native_available() and glam_stem_cpu.native_available() and pool_concat_cpu.native_available()
+    native_possible = param.device.type == "cpu" and param.dtype == torch.float32 and native_built
+    if native and not native_possible:
         raise RuntimeError(
-            "prepare(native_head=True) needs float32 on the CPU and glam_fast's native extension "
-            f"(model: {param.dtype} on {param.device}; extension: {'built' if gmlp_head_cpu.native_available() else 'not built'})"
+            "prepare(native=True) needs float32 on the CPU and glam_fast's native extension "
+            f"(model: {param.dtype} on {param.device}; extension: {'built' if native_built else 'not built'})"
         )
     winograd_built = winograd.native_available()
     if use_winograd and not (use_onednn and winograd_built):
@@ -512,8 +517,8 @@ def prepare(
     head_micro_batch = _batch_size_option("head_micro_batch", head_micro_batch, GLAM_HEAD_MICRO_BATCH)
     use_winograd = use_onednn and winograd_built if use_winograd is None else use_winograd
     if isinstance(model, GLAM):
-        native_head = head_possible if native_head is None else native_head
-        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch, native_head, use_winograd)
+        native = native_possible if native is None else native
+        prepared = InferenceGLAM(model, merge_multiscale, channels_last, micro_batch, use_onednn, head_micro_batch, native, use_winograd)
     elif isinstance(model, MSSENet):
         prepared = InferenceMSSENet(model, micro_batch, use_onednn)
     else:

@@ -217,13 +217,14 @@ def gemm(v: torch.Tensor, weight_panels: torch.Tensor, c_out: int) -> torch.Tens
     return m
 
 
-def output_transform(m: list[torch.Tensor], bias: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
-    """Native ``relu(A^T m A + bias)``: P (tiles, C) GEMM outputs -> (B, H, W, C) contiguous, on
-    ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
-    n_tiles, channels = m[0].shape
+def output_transform(m: torch.Tensor | list[torch.Tensor], bias: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
+    """Native ``relu(A^T m A + bias)``: the GEMM outputs, one (P, tiles, C) tensor or P (tiles, C)
+    ones -> (B, H, W, C) contiguous, on ``torch.get_num_threads()`` of PyTorch's OpenMP threads."""
+    n_tiles, channels = m.shape[1:] if isinstance(m, torch.Tensor) else m[0].shape
     batch = n_tiles // tiles(1, height, width)
-    y = empty_output((batch, height, width, channels), dtype=m[0].dtype, device=m[0].device)
-    _native().winograd_output_transform([_descriptor(t) for t in m], _descriptor(bias), _descriptor(y), kernel_size, torch.get_num_threads())
+    y = empty_output((batch, height, width, channels), dtype=bias.dtype, device=bias.device)
+    m_arg = _descriptor(m) if isinstance(m, torch.Tensor) else [_descriptor(t) for t in m]
+    _native().winograd_output_transform(m_arg, _descriptor(bias), _descriptor(y), kernel_size, torch.get_num_threads())
     return y
 
 
@@ -274,7 +275,7 @@ class WinogradConvReLU(nn.Module):
         n_tiles = tiles(batch, height, width)
         v = input_transform(x.permute(0, 2, 3, 1).contiguous(), self.kernel_size)  # (P, tiles, C_in)
         if v.shape[0] * n_tiles * self.out_channels * 4 <= NATIVE_GEMM_MAX_BYTES:
-            m = gemm(v, self.weight_panels, self.out_channels).unbind(0)  # P x (tiles, C_out)
+            m = gemm(v, self.weight_panels, self.out_channels)  # (P, tiles, C_out)
         else:
             if self._onednn_weights is None:  # oneDNN's layout of each position's (C_out, C_in) weight
                 u = unpack_panels(self.weight_panels, self.in_channels, self.out_channels)

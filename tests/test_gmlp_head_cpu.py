@@ -146,9 +146,9 @@ def _record_native_heads(monkeypatch) -> list[int]:
 @needs_native
 def test_prepared_glam_runs_the_native_head(monkeypatch):
     """prepare() picks the native head for float32 on the CPU, and it is what runs, in the
-    head's micro-batches; native_head=False keeps the PyTorch ops; both equal the reference."""
+    head's micro-batches; native=False keeps the PyTorch ops; both equal the reference."""
     model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=8)
-    fast, plain = prepare(model, micro_batch=None), prepare(model, micro_batch=None, native_head=False)
+    fast, plain = prepare(model, micro_batch=None), prepare(model, micro_batch=None, native=False)
     assert fast.native_head is not None and plain.native_head is None
     calls = _record_native_heads(monkeypatch)
     x = torch.randn(11, 1, 26, 57)
@@ -169,12 +169,12 @@ def test_prepared_glam_runs_the_native_head(monkeypatch):
 
 
 @needs_native
-def test_native_head_required_but_unavailable_is_an_error():
+def test_native_required_but_unavailable_is_an_error():
     model = GLAM((26, 57), num_classes=4).eval()
-    with pytest.raises(RuntimeError, match=r"native_head=True.*float32 on the CPU"):
-        prepare(copy.deepcopy(model).double(), native_head=True)
+    with pytest.raises(RuntimeError, match=r"native=True.*float32 on the CPU"):
+        prepare(copy.deepcopy(model).double(), native=True)
     assert prepare(copy.deepcopy(model).double()).native_head is None  # None: where possible
-    with pytest.raises(ValueError, match="native_head applies to GLAM only"):
+    with pytest.raises(ValueError, match="native applies to GLAM only"):
         from glam_fast import AFCN
 
-        prepare(AFCN(num_classes=3, attn_dim=8).eval(), native_head=True)
+        prepare(AFCN(num_classes=3, attn_dim=8).eval(), native=True)

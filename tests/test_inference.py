@@ -157,7 +157,7 @@ def test_onednn_is_used_where_available():
     three front-end branches, AFCN's 5), GLAM's gMLP projections (input as value and gate halves,
     output) when its head is not the native one (tests/test_gmlp_head_cpu.py) and AFCN's attention
     projection (tanh fused); no plain convolution, GELU or tanh is left."""
-    glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5), native_head=False)
+    glam = prepare(randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=5), native=False)
     mssenet = prepare(randomize_batch_norm(MSSENet(num_classes=4, n_mfcc=13, n_blocks=3, n_filters=7), seed=5))
     afcn = prepare(AFCN(num_classes=3, attn_dim=8).eval())
     assert glam.onednn and mssenet.onednn and afcn.onednn
@@ -176,7 +176,7 @@ def test_glam_head_runs_in_its_own_micro_batches():
     """Within a micro-batch, the gMLP head runs ``head_micro_batch`` segments per call (8 by
     default) while the convolutions run once for all; the logits are those of one call."""
     model = randomize_batch_norm(GLAM((26, 57), num_classes=4), seed=7)
-    options = {"micro_batch": None, "native_head": False, "use_winograd": False}
+    options = {"micro_batch": None, "native": False, "use_winograd": False}
     fast, whole = prepare(model, **options), prepare(model, head_micro_batch=None, **options)
     assert (fast.head_micro_batch, whole.head_micro_batch, prepare(model, head_micro_batch=3).head_micro_batch) == (8, None, 3)
     x = torch.randn(11, 1, 26, 57)

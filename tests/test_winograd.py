@@ -144,10 +144,16 @@ def test_transforms_split_over_threads_give_the_same_bits(kernel_size):
         v, y = torch.full((positions, tiles, 32), float("nan")), torch.full((3, 9, 7, 16), float("nan"))
         native.winograd_input_transform(d(x), d(v), kernel_size, threads)
         native.winograd_output_transform([d(t) for t in m], d(bias), d(y), kernel_size, threads)
-        assert torch.isfinite(v).all() and torch.isfinite(y).all()
-        results.append((v, y))
-    for v, y in results[1:]:
-        assert torch.equal(v, results[0][0]) and torch.equal(y, results[0][1])
+        y_from_one, stacked = torch.full_like(y, float("nan")), torch.stack(m)  # the GEMM outputs as one (P, tiles, C) tensor
+        native.winograd_output_transform(d(stacked), d(bias), d(y_from_one), kernel_size, threads)
+        panels = winograd.pack_panels(torch.randn(positions, 32, 48, generator=torch.Generator().manual_seed(1)))
+        gemm_out = torch.full((positions, tiles, 48), float("nan"))
+        native.winograd_gemm(d(v), d(panels), d(gemm_out), threads)
+        assert torch.isfinite(v).all() and torch.isfinite(y).all() and torch.isfinite(gemm_out).all()
+        assert torch.equal(y_from_one, y)
+        results.append((v, y, gemm_out))
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
 
 
 @needs_native
@@ -231,6 +237,8 @@ def test_bad_arguments_are_named():
         native.winograd_output_transform([d(t) for t in m[:35]], d(torch.zeros(16)), d(x), 3)
     with pytest.raises(ValueError, match="m must hold the 64 GEMM outputs of a 5x5 kernel, got 36"):
         native.winograd_output_transform([d(t) for t in m], d(torch.zeros(16)), d(x), 5)
+    with pytest.raises(ValueError, match=r"m must have shape \(P, tiles, C\) = \(64, 1, 16\)"):
+        native.winograd_output_transform(d(torch.empty(36, 1, 16)), d(torch.zeros(16)), d(x), 5)
     with pytest.raises(ValueError, match="needs a 3x3 or 5x5 weight with C_in and C_out multiples of 16"):
         winograd.WinogradConvReLU(torch.randn(16, 8, 3, 3), torch.randn(16))
     with pytest.raises(ValueError, match="needs a 3x3 or 5x5 weight"):
