@@ -38,6 +38,8 @@ GLAM_FAST_ALWAYS_INLINE Vec load_first(const float* p, int64_t n) {
 }
 GLAM_FAST_ALWAYS_INLINE void store_first(float* p, Vec v, int64_t n) { std::memcpy(p, &v, sizeof(float) * n); }
 GLAM_FAST_ALWAYS_INLINE Vec splat(float x) { return Vec{} + x; }
+// max(x, 0) that keeps NaN (as torch.relu): x < 0 is false for NaN.
+GLAM_FAST_ALWAYS_INLINE Vec relu(Vec x) { return x < Vec{} ? Vec{} : x; }
 
 }  // namespace cpu
 }  // namespace glam_fast

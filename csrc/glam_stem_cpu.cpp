@@ -36,7 +36,7 @@ void stem_rows(const void* context, int64_t first, int64_t last) {
         t0 = w > 0 ? x[w - 1] : 0.f, t2 = w + 1 < W ? x[w + 1] : 0.f;
       }
       const Vec y = bias + w0 * t0 + w1 * x[w] + w2 * t2;
-      store(out + w * kStemCpuChannels, y > Vec{} ? y : Vec{});
+      store(out + w * kStemCpuChannels, cpu::relu(y));
     }
   }
 }

@@ -135,10 +135,10 @@ struct ProjectOutEpilogue {  // out = relu(acc + out_bias + tokens), the first D
     float* y = out + row * D + column;
     if (n >= kLanes) {
       const Vec x = acc + load(bias + column) + load(t);
-      store(y, x > Vec{} ? x : Vec{});
+      store(y, cpu::relu(x));
     } else if (n > 0) {
       const Vec x = acc + load_first(bias + column, n) + load_first(t, n);
-      store_first(y, x > Vec{} ? x : Vec{}, n);
+      store_first(y, cpu::relu(x), n);
     }
   }
 };

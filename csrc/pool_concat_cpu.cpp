@@ -10,13 +10,21 @@
 namespace glam_fast {
 namespace {
 
+using cpu::IVec;
 using cpu::load;
 using cpu::store;
 using cpu::Vec;
 static_assert(kPoolConcatChannelStep == cpu::kLanes, "one vector per step of 16 channels");
 
-// NaN propagates, as in torch.max_pool2d.
-GLAM_FAST_ALWAYS_INLINE Vec max(Vec a, Vec b) { return (a > b) | (a != a) ? a : b; }
+// max(a, b) with NaN propagated from either, as torch.max_pool2d does: a > b ? a : b (one vmaxps)
+// gives b when either is NaN, and a's NaN is put back through its bits (exponent all ones,
+// mantissa non-zero: 0x7f800000 - |bits| < 0). No float comparison of a with itself: in a
+// target_clones function GCC turned those into scalar code (16 ucomiss per vector).
+GLAM_FAST_ALWAYS_INLINE Vec max(Vec a, Vec b) {
+  const Vec larger = a > b ? a : b;
+  const IVec a_is_nan = (0x7f800000 - ((IVec)a & 0x7fffffff)) >> 31;
+  return (Vec)(((IVec)a & a_is_nan) | ((IVec)larger & ~a_is_nan));
+}
 
 GLAM_FAST_CPU_CLONES
 void pool_rows(const void* context, int64_t first, int64_t last) {

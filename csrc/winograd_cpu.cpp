@@ -108,7 +108,6 @@ GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a, int64_t f
   using M = Matrices<Kernel>;
   constexpr int A = M::kTile;
   const int64_t C = a.channels;
-  const Vec zero = {};
   for (int64_t t = first; t < last; ++t) {
     const auto [b, i, j] = TileIndex(t, a.height, a.width);
     const int64_t rows_out = std::min<int64_t>(4, a.height - 4 * i), columns_out = std::min<int64_t>(4, a.width - 4 * j);
@@ -126,7 +125,7 @@ GLAM_FAST_ALWAYS_INLINE void output_tiles(const WinogradOutputArgs& a, int64_t f
         apply(M::AT, column, y, 1);
         for (int r = 0; r < rows_out; ++r) {
           const Vec value = y[r] + bias;
-          store(a.y + ((b * a.height + 4 * i + r) * a.width + 4 * j + s) * C + c, value > zero ? value : zero);
+          store(a.y + ((b * a.height + 4 * i + r) * a.width + 4 * j + s) * C + c, cpu::relu(value));
         }
       }
     }

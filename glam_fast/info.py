@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from glam_fast import _extension, dispatch, onednn, winograd
+from glam_fast import _extension, dispatch, gmlp_head_cpu, onednn, winograd
 from glam_fast._version import __version__
 
 
@@ -40,10 +40,11 @@ def info() -> dict:
     ``backends[device][name]`` is '' when backend ``name`` can run on that device type, else the
     reason it cannot; ``ops[name]`` lists the ops a fused backend implements;
     ``cpu_inference_onednn`` tells whether the CPU inference forms (``glam_fast.inference``) run
-    their convolutions as fused oneDNN calls here, ``cpu_inference_winograd`` whether AFCN's 5x5
-    and 3x3 layers can run as Winograd convolutions (oneDNN and the native extension), and
-    ``cpu_inference_winograd_openmp`` the OpenMP runtime whose threads their transforms share
-    ('' when they run on one thread).
+    their convolutions as fused oneDNN calls here, ``cpu_inference_winograd`` whether GLAM's and
+    AFCN's 5x5 and 3x3 layers can run as Winograd convolutions (oneDNN and the native extension),
+    ``cpu_inference_native`` whether GLAM's stem, pooled concatenations and gMLP head run as
+    native calls, and ``cpu_inference_openmp`` the OpenMP runtime whose threads the native CPU
+    kernels share ('' when they run on one thread).
     """
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cpu_onednn = onednn.available(torch.device("cpu"), torch.float32)
@@ -60,7 +61,8 @@ def info() -> dict:
         "ops": {name: dispatch.registered_ops(name) for name in ("triton", "cuda")},
         "cpu_inference_onednn": cpu_onednn,
         "cpu_inference_winograd": cpu_onednn and winograd.native_available(),
-        "cpu_inference_winograd_openmp": winograd.openmp_runtime(),
+        "cpu_inference_native": gmlp_head_cpu.native_available(),
+        "cpu_inference_openmp": winograd.openmp_runtime(),
     }
 
 
@@ -94,11 +96,15 @@ def format_info(report: dict) -> str:
                 detail = "" if ops is None else f" (ops: {', '.join(ops) if ops else 'none yet'})"
                 lines.append(f"  {name}: available{detail}")
     if report["cpu_inference_onednn"]:
-        winograd_note = ""
+        notes = ""
+        threads = "PyTorch's OpenMP threads" if report.get("cpu_inference_openmp") else "one thread"
         if report.get("cpu_inference_winograd"):
-            threads = "PyTorch's OpenMP threads" if report.get("cpu_inference_winograd_openmp") else "one thread"
-            winograd_note = f"; AFCN's 5x5 and 3x3 layers as Winograd F(4x4, 5x5) / F(4x4, 3x3) (transforms on {threads})"
-        lines.append(f"CPU inference forms: fused oneDNN calls with packed weights{winograd_note}")
+            notes += "; GLAM's and AFCN's 5x5 and 3x3 layers as Winograd F(4x4, 5x5) / F(4x4, 3x3)"
+        if report.get("cpu_inference_native"):
+            notes += "; GLAM's stem, pooling and gMLP head as native calls"
+        if notes:
+            notes += f" (native kernels on {threads})"
+        lines.append(f"CPU inference forms: fused oneDNN calls with packed weights{notes}")
     else:
         lines.append("CPU inference forms: plain PyTorch ops (this PyTorch build has no oneDNN)")
     return "\n".join(lines)

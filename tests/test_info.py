@@ -19,8 +19,9 @@ def test_info_report():
     assert "built" in report["extension"]
     assert report["cpu_inference_onednn"] is torch.backends.mkldnn.is_available()
     assert report["cpu_inference_winograd"] is (report["cpu_inference_onednn"] and report["extension"]["built"])
-    assert isinstance(report["cpu_inference_winograd_openmp"], str)
-    assert not report["cpu_inference_winograd_openmp"] or report["extension"]["built"]
+    assert report["cpu_inference_native"] is report["extension"]["built"]
+    assert isinstance(report["cpu_inference_openmp"], str)
+    assert not report["cpu_inference_openmp"] or report["extension"]["built"]
 
 
 def test_cli_info_human_and_json():
