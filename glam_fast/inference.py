@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glam_fast import glam_stem_cpu, gmlp_head_cpu, pool_concat_cpu
+from glam_fast import glam_stem_cpu, gmlp_head_cpu, pool_concat_cpu, winograd
 from glam_fast import onednn as onednn_ops
-from glam_fast import winograd
 from glam_fast.models import AFCN, GLAM, MSSENet
 from glam_fast.models._checks import check_input
 from glam_fast.models.afcn import _out_size

@@ -148,3 +148,13 @@ def test_prepared_glam_runs_its_native_ops(monkeypatch):
     with torch.inference_mode():
         assert rel_err(copy.deepcopy(fast).double()(x.double()), expected) < 1e-5
     assert len(calls) == 4 and xg.grad is not None
+
+
+@needs_native
+def test_native_stem_keeps_nan():
+    weight, bias = _stem_params(5)
+    x = torch.randn(1, 1, 4, 6)
+    x[0, 0, 2, 3] = float("nan")
+    out = glam_stem_cpu.glam_stem(x, weight, bias)
+    assert torch.equal(torch.isnan(out), torch.isnan(glam_stem_cpu.glam_stem_reference(x, weight, bias)))
+    assert torch.isnan(out).any()

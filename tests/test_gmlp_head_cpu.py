@@ -178,3 +178,17 @@ def test_native_required_but_unavailable_is_an_error():
         from glam_fast import AFCN
 
         prepare(AFCN(num_classes=3, attn_dim=8).eval(), native=True)
+
+
+@needs_native
+def test_native_head_keeps_nan_where_the_reference_has_it():
+    """A NaN token spreads through the token mixing as in PyTorch; the ReLU keeps NaN (torch.relu
+    does) instead of turning it into 0."""
+    fusion = _fusion(16, 8, seed=13)
+    x = torch.randn(2, 8, 16)
+    x[1, 3, 5] = float("nan")
+    with torch.inference_mode():
+        out = gmlp_head_cpu.NativeGMLPHead(fusion)(x)
+    expected = _reference64(fusion, x)
+    assert torch.equal(torch.isnan(out), torch.isnan(expected)) and torch.isnan(out[1]).any()
+    assert rel_err(out[0], expected[0]) < FP32_TOL

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from glam_fast import AFCN, GLAM, MSSENet
+from glam_fast import AFCN, GLAM, MSSENet, winograd
 from glam_fast import onednn as onednn_ops
-from glam_fast import winograd
 from glam_fast.inference import fold_batch_norm, prepare
 from tests.helpers import rel_err
 from tests.score_helpers import randomize_batch_norm

@@ -385,3 +385,17 @@ def test_prepared_glam_runs_its_winograd_layers_from_their_batch_sizes(monkeypat
             assert calls == expected, (batch, calls)
             assert rel_err(direct(x), reference64(model, x)) < 1e-5
             assert calls == expected
+
+
+@needs_native
+def test_nan_input_gives_nan_output_not_zero():
+    """The output transform's ReLU keeps NaN (as torch.relu): a NaN pixel makes NaN outputs (the
+    transform spreads it over its tiles) where a ReLU that returned 0 would hide it."""
+    weight, bias = _layer(16, 16, seed=12)
+    layer = winograd.WinogradConvReLU(weight, bias, min_tiles=1)
+    x = torch.randn(1, 16, 8, 8)
+    x[0, 3, 5, 2] = float("nan")
+    with torch.inference_mode():
+        out = layer(x)
+    direct_nan = torch.isnan(_direct64(x, weight, bias))
+    assert torch.isnan(out)[direct_nan].all()
