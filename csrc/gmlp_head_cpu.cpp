@@ -101,6 +101,13 @@ struct Shape {
   explicit Shape(const GMLPHeadArgs& a)
       : S(a.tokens_per_segment), D(a.features), H(a.hidden_features), Dp(gmlp_head_padded(a.features)),
         Hp(gmlp_head_padded(a.hidden_features)), blocks((a.tokens_per_segment + kGMLPHeadRowBlock - 1) / kGMLPHeadRowBlock) {}
+  struct Item {
+    int64_t segment, first_row, last_row;
+  };
+  Item item(int64_t i) const {  // work item i: a block of rows of one segment
+    const int64_t first = i % blocks * kGMLPHeadRowBlock;
+    return {i / blocks, first, std::min(S, first + kGMLPHeadRowBlock)};
+  }
 };
 
 struct ProjectInEpilogue {  // hidden = gelu(acc + in_bias)
@@ -148,8 +155,7 @@ void project_in_items(const void* context, int64_t first, int64_t last) {
   const auto& a = *static_cast<const GMLPHeadArgs*>(context);
   const Shape s(a);
   for (int64_t item = first; item < last; ++item) {
-    const int64_t segment = item / s.blocks, row0 = item % s.blocks * kGMLPHeadRowBlock;
-    const int64_t row1 = std::min(s.S, row0 + kGMLPHeadRowBlock);
+    const auto [segment, row0, row1] = s.item(item);
     const float* tokens = a.tokens + segment * s.S * s.D;
     float* z = a.z + segment * s.S * s.D;
     float* hidden = a.hidden + segment * s.S * 2 * s.Hp;
@@ -167,8 +173,7 @@ void mix_and_project_out_items(const void* context, int64_t first, int64_t last)
   const auto& a = *static_cast<const GMLPHeadArgs*>(context);
   const Shape s(a);
   for (int64_t item = first; item < last; ++item) {
-    const int64_t segment = item / s.blocks, row0 = item % s.blocks * kGMLPHeadRowBlock;
-    const int64_t row1 = std::min(s.S, row0 + kGMLPHeadRowBlock);
+    const auto [segment, row0, row1] = s.item(item);
     const float* hidden = a.hidden + segment * s.S * 2 * s.Hp;
     float* gated = a.gated + segment * s.S * s.Hp;
     // The gate's padding columns (GELU(0) = 0) mix to padding columns of gated, which the output
