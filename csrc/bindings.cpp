@@ -101,6 +101,11 @@ class Checker {
     }
   }
 
+  // The thread count a CPU kernel is given (cpu_parallel.h).
+  void threads(int threads) const {
+    if (threads < 1) value_error("threads must be at least 1, got " + std::to_string(threads));
+  }
+
   void aligned(const TensorRef& t, int bytes) const {
     if (t.ptr % bytes != 0) {
       value_error(t.name + " must start on a " + std::to_string(bytes) +
@@ -294,7 +299,7 @@ struct WinogradGeometry {
 };
 
 WinogradGeometry winograd_geometry(const Checker& check, const TensorRef& map, int64_t kernel_size, int threads) {
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.threads(threads);
   if (!glam_fast::winograd_kernel_supported(kernel_size)) {
     check.value_error("kernel_size must be 3 or 5, got " + std::to_string(kernel_size));
   }
@@ -367,7 +372,7 @@ void winograd_output_transform(py::handle m_arg, py::handle bias_obj, py::handle
 
 void glam_stem_cpu(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle out_obj, int threads) {
   const Checker check("glam_stem_cpu", Where::kHost);
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.threads(threads);
   const TensorRef x = check.tensor(x_obj, "x"), weight = check.tensor(weight_obj, "weight");
   const TensorRef bias = check.tensor(bias_obj, "bias"), out = check.tensor(out_obj, "out");
   const int64_t C = glam_fast::kStemCpuChannels;
@@ -389,7 +394,7 @@ void glam_stem_cpu(py::handle x_obj, py::handle weight_obj, py::handle bias_obj,
 
 void pool_concat_cpu(const std::vector<py::handle>& map_objs, py::handle out_obj, int threads) {
   const Checker check("pool_concat_cpu", Where::kHost);
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.threads(threads);
   if (map_objs.empty()) check.value_error("needs at least one map");
   const TensorRef out = check.tensor(out_obj, "out");
   glam_fast::PoolConcatArgs args;
@@ -425,7 +430,7 @@ void pool_concat_cpu(const std::vector<py::handle>& map_objs, py::handle out_obj
 void gmlp_head(py::handle tokens_obj, const std::vector<py::handle>& weight_objs, const std::vector<py::handle>& scratch_objs,
                py::handle out_obj, double norm_eps, double gate_norm_eps, int threads) {
   const Checker check("gmlp_head", Where::kHost);
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.threads(threads);
   static const char* weight_names[] = {"norm_weight", "norm_bias", "in_weight", "in_bias", "gate_norm_weight",
                                        "gate_norm_bias", "mix_weight", "mix_bias", "out_weight", "out_bias"};
   static const char* scratch_names[] = {"z", "hidden", "gated"};
@@ -471,7 +476,7 @@ void gmlp_head(py::handle tokens_obj, const std::vector<py::handle>& weight_objs
 
 void winograd_gemm(py::handle v_obj, py::handle u_obj, py::handle m_obj, int threads) {
   const Checker check("winograd_gemm", Where::kHost);
-  if (threads < 1) check.value_error("threads must be at least 1, got " + std::to_string(threads));
+  check.threads(threads);
   const TensorRef v = check.tensor(v_obj, "v"), u = check.tensor(u_obj, "u"), m = check.tensor(m_obj, "m");
   for (const TensorRef* t : {&v, &u, &m}) check.dtype(*t, "float32");
   check.shape(v, {-1, -1, -1}, "(P, tiles, C_in)");

@@ -16,6 +16,21 @@ def load() -> tuple[ModuleType | None, str]:
     return _C, ""
 
 
+def has(name: str) -> bool:
+    """Whether the extension is built and has the entry point ``name``."""
+    module, _ = load()
+    return module is not None and hasattr(module, name)
+
+
+def require(name: str, what: str) -> ModuleType:
+    """The extension module, which has the entry point ``name``; else a RuntimeError saying that
+    ``what`` needs it and why it is missing."""
+    module, reason = load()
+    if module is None or not hasattr(module, name):
+        raise RuntimeError(f"{what} needs glam_fast's native extension: {reason or f'built without {name}'}")
+    return module
+
+
 def build_info() -> dict:
     """What the native extension was compiled with.
 

@@ -17,8 +17,12 @@ from glam_fast.ops.utils import empty_output
 
 
 def native_available() -> bool:
-    module, _ = _extension.load()
-    return module is not None and hasattr(module, "glam_stem_cpu")
+    return _extension.has("glam_stem_cpu")
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether :func:`glam_stem` takes ``x``: float32 on the CPU, no gradient wanted."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
 
 
 def glam_stem_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -35,9 +39,7 @@ def glam_stem_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 def glam_stem(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The native stem, float32 on the CPU, same arguments and result as :func:`glam_stem_reference`."""
-    module, reason = _extension.load()
-    if module is None or not hasattr(module, "glam_stem_cpu"):
-        raise RuntimeError(f"the native GLAM stem needs glam_fast's native extension: {reason or 'built without it'}")
+    module = _extension.require("glam_stem_cpu", "the native GLAM stem")
     x = x.contiguous()
     batch, _, height, width = x.shape
     out = empty_output((batch, 2 * height, width, weight.shape[-1]), dtype=torch.float32, device="cpu")

@@ -28,15 +28,11 @@ from glam_fast.ops.utils import empty_output
 
 def native_available() -> bool:
     """Whether glam_fast's native extension is built with the CPU gMLP head."""
-    module, _ = _extension.load()
-    return module is not None and hasattr(module, "gmlp_head")
+    return _extension.has("gmlp_head")
 
 
 def _native():
-    module, reason = _extension.load()
-    if module is None or not hasattr(module, "gmlp_head"):
-        raise RuntimeError(f"the native gMLP head needs glam_fast's native extension: {reason or 'built without the CPU gMLP head'}")
-    return module
+    return _extension.require("gmlp_head", "the native gMLP head")
 
 
 def _padded(n: int) -> int:

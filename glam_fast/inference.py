@@ -218,7 +218,7 @@ class InferenceGLAM(nn.Module):
         return _in_micro_batches(self._forward, x, self.micro_batch)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        native_stem = self.native and x.device.type == "cpu" and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
+        native_stem = self.native and glam_stem_cpu.applies(x)
         stem = (glam_stem_cpu.glam_stem if native_stem else glam_stem_cpu.glam_stem_reference)(x, self.stem_weight, self.stem_bias)
         x = stem.permute(0, 3, 1, 2)  # (B, 16, 2H, W), channels-last
         if not self.channels_last:

@@ -18,8 +18,7 @@ CHANNEL_STEP = 16  # every map's channel count a multiple of this
 
 
 def native_available() -> bool:
-    module, _ = _extension.load()
-    return module is not None and hasattr(module, "pool_concat_cpu")
+    return _extension.has("pool_concat_cpu")
 
 
 def applies(maps: list[torch.Tensor]) -> bool:
@@ -40,9 +39,7 @@ def pool_concat_reference(maps: list[torch.Tensor]) -> torch.Tensor:
 
 def pool_concat(maps: list[torch.Tensor]) -> torch.Tensor:
     """The native op, same result as :func:`pool_concat_reference` (channels-last); maps in any memory format."""
-    module, reason = _extension.load()
-    if module is None or not hasattr(module, "pool_concat_cpu"):
-        raise RuntimeError(f"the native pooled concatenation needs glam_fast's native extension: {reason or 'built without it'}")
+    module = _extension.require("pool_concat_cpu", "the native pooled concatenation")
     nhwc = [m.permute(0, 2, 3, 1).contiguous() for m in maps]  # a view for channels-last maps
     batch, height, width = nhwc[0].shape[:3]
     if height < 2 or width < 2:

@@ -129,8 +129,7 @@ def supported(weight: torch.Tensor, stride, padding, groups: int = 1) -> bool:
 
 def native_available() -> bool:
     """True when the extension with the Winograd transforms is importable."""
-    module, _ = _extension.load()
-    return module is not None and hasattr(module, "winograd_input_transform")
+    return _extension.has("winograd_input_transform")
 
 
 def openmp_runtime() -> str:
@@ -191,10 +190,7 @@ def winograd_conv_relu_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
 
 
 def _native():
-    module, reason = _extension.load()
-    if module is None or not hasattr(module, "winograd_input_transform"):
-        raise RuntimeError(f"the Winograd convolution needs glam_fast's native extension: {reason or 'built without the Winograd transforms'}")
-    return module
+    return _extension.require("winograd_input_transform", "the Winograd convolution")
 
 
 _descriptor = _extension.tensor_descriptor
